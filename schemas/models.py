@@ -1,0 +1,203 @@
+"""The public message contract (DESIGN.md, "Messages"): jobs in, results and usage events out.
+
+JSON Schema files in ``schemas/json/`` are generated from these models (``python -m schemas.generate``)
+and checked in; a test fails when they are stale.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any, Final, Literal
+
+import orjson
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+
+JOB_SCHEMA: Final = "byok.completion_job.v1"
+RESULT_SCHEMA: Final = "byok.completion_result.v1"
+USAGE_SCHEMA: Final = "byok.usage_event.v1"
+
+MAX_JOB_BYTES = 1024 * 1024
+MAX_METADATA_BYTES = 16 * 1024
+MAX_TAGS = 16
+
+# pydantic validates with Rust regex, where $ matches only at the very end: "ws\n" is rejected.
+IDENTIFIER_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+
+Identifier = Annotated[str, StringConstraints(pattern=IDENTIFIER_PATTERN)]
+JobId = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+
+
+def _utc(value: datetime) -> datetime:
+    return value.astimezone(UTC)
+
+
+UtcDatetime = Annotated[AwareDatetime, AfterValidator(_utc)]
+
+
+class Provider(StrEnum):
+    OPENAI = "openai"
+    ANTHROPIC = "anthropic"
+    MISTRAL = "mistral"
+    OLLAMA = "ollama"
+
+
+KEYLESS_PROVIDERS = frozenset({Provider.OLLAMA})
+
+
+class Status(StrEnum):
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class ErrorCode(StrEnum):
+    INVALID_JOB = "invalid_job"
+    KEY_UNAVAILABLE = "key_unavailable"
+    AUTH_FAILED = "auth_failed"
+    QUOTA_EXHAUSTED = "quota_exhausted"
+    RATE_LIMITED = "rate_limited"
+    PROVIDER_ERROR = "provider_error"
+    TIMEOUT = "timeout"
+    EXPIRED = "expired"
+    BUDGET_EXCEEDED = "budget_exceeded"
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelRef(_Message):
+    provider: Provider
+    name: Annotated[str, StringConstraints(min_length=1, max_length=256)]
+    base_url: Annotated[str, StringConstraints(min_length=1, max_length=2048)] | None = None
+    sealed_key: Annotated[str, StringConstraints(pattern=r"^vault:v[0-9]+:[A-Za-z0-9+/=]+$")] | None = None
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.lower().startswith(("http://", "https://")):
+            raise ValueError("base_url must be an http:// or https:// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _key_when_needed(self) -> ModelRef:
+        if self.provider not in KEYLESS_PROVIDERS and self.sealed_key is None:
+            raise ValueError(f"sealed_key is required for provider {self.provider.value}")
+        return self
+
+
+class ChatMessage(_Message):
+    role: Literal["user", "assistant"]
+    content: str
+
+
+class CompletionInput(_Message):
+    system: str | None = None
+    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    max_tokens: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+    temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
+    top_p: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
+    stop: Annotated[list[Annotated[str, StringConstraints(min_length=1)]], Field(max_length=4)] | None = None
+
+
+class CompletionJob(_Message):
+    schema_: Literal["byok.completion_job.v1"] = Field(default=JOB_SCHEMA, alias="schema")
+    job_id: JobId
+    workspace_id: Identifier
+    automation_id: Identifier | None = None
+    tags: Annotated[dict[Annotated[str, StringConstraints(max_length=64)],
+                         Annotated[str, StringConstraints(max_length=256)]],
+                    Field(max_length=MAX_TAGS)] = Field(default_factory=dict)
+    model: ModelRef
+    input: CompletionInput
+    deadline: UtcDatetime | None = None
+    metadata: dict[str, Any] | None = None
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_size(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None and len(orjson.dumps(value)) > MAX_METADATA_BYTES:
+            raise ValueError(f"metadata is larger than {MAX_METADATA_BYTES} bytes serialized")
+        return value
+
+
+class TokenCounts(_Message):
+    """Non-overlapping buckets: their sum is what the provider billed."""
+
+    input_tokens: Annotated[int, Field(ge=0)] = 0
+    cache_read_tokens: Annotated[int, Field(ge=0)] = 0
+    cache_write_tokens: Annotated[int, Field(ge=0)] = 0
+    output_tokens: Annotated[int, Field(ge=0)] = 0
+    reasoning_tokens: Annotated[int, Field(ge=0)] = 0
+
+    @property
+    def total(self) -> int:
+        return (self.input_tokens + self.cache_read_tokens + self.cache_write_tokens
+                + self.output_tokens + self.reasoning_tokens)
+
+
+class Output(_Message):
+    text: str
+    finish_reason: str | None = None
+
+
+class ResultError(_Message):
+    code: ErrorCode
+    message: str
+    retryable: bool
+    provider_status: int | None = None
+
+
+class CompletionResult(_Message):
+    schema_: Literal["byok.completion_result.v1"] = Field(default=RESULT_SCHEMA, alias="schema")
+    job_id: JobId
+    workspace_id: Identifier
+    automation_id: Identifier | None = None
+    status: Status
+    provider: Provider | None = None
+    model: str | None = None
+    output: Output | None = None
+    usage: TokenCounts | None = None
+    error: ResultError | None = None
+    attempts: Annotated[int, Field(ge=0)]
+    latency_ms: Annotated[float, Field(ge=0)]
+    finished_at: UtcDatetime
+    metadata: dict[str, Any] | None = None
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class UsageEvent(TokenCounts):
+    schema_: Literal["byok.usage_event.v1"] = Field(default=USAGE_SCHEMA, alias="schema")
+    event_id: Annotated[str, StringConstraints(min_length=1, max_length=256)]
+    job_id: JobId
+    workspace_id: Identifier
+    automation_id: Identifier | None = None
+    tags: dict[str, str] = Field(default_factory=dict)
+    provider: Provider
+    model: str
+    occurred_at: UtcDatetime
+    latency_ms: Annotated[float, Field(ge=0)]
+    status: Status
+    usage_reported: bool = Field(
+        default=True,
+        description="False when the provider's response carried no usage: the counts are unknown, not zero.",
+    )
+    raw_usage: dict[str, Any] | None = None
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)

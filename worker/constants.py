@@ -1,0 +1,70 @@
+"""Every exchange, queue, routing key and header name, in one place (DESIGN.md, "Broker topology")."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+JOB_ROUTING_KEY = "completion"
+CONTENT_TYPE = "application/json"
+
+HEADER_ERROR = "x-byok-error"
+HEADER_REASON = "x-byok-reason"
+HEADER_ATTEMPTS = "x-byok-attempts"
+HEADER_FIRST_SEEN = "x-byok-first-seen"
+
+# Delay queues: one per fixed wait so a long TTL never holds a shorter one behind it.
+DELAY_STEPS_MS = (1_000, 5_000, 15_000, 60_000, 300_000)
+
+
+@dataclass(frozen=True, slots=True)
+class Topology:
+    """Names derived from one prefix (``byok`` by default), so test runs and tenants never collide."""
+
+    prefix: str = "byok"
+
+    @property
+    def jobs_exchange(self) -> str:
+        return f"{self.prefix}.jobs"
+
+    @property
+    def jobs_queue(self) -> str:
+        return f"{self.prefix}.jobs"
+
+    @property
+    def dead_letter_exchange(self) -> str:
+        return f"{self.prefix}.dlx"
+
+    @property
+    def dead_letter_queue(self) -> str:
+        return f"{self.prefix}.jobs.dead"
+
+    @property
+    def delay_exchange(self) -> str:
+        return f"{self.prefix}.jobs.delay"
+
+    def delay_queue(self, delay_ms: int) -> str:
+        return f"{self.prefix}.jobs.delay.{delay_ms}ms"
+
+    @property
+    def results_exchange(self) -> str:
+        return f"{self.prefix}.results"
+
+    @property
+    def usage_exchange(self) -> str:
+        return f"{self.prefix}.usage"
+
+    @property
+    def usage_queue(self) -> str:
+        return f"{self.prefix}.usage.aggregator"
+
+    @property
+    def alerts_exchange(self) -> str:
+        return f"{self.prefix}.alerts"
+
+
+def result_routing_key(workspace_id: str, automation_id: str | None, status: str) -> str:
+    return f"{workspace_id}.{automation_id or '_'}.{status}"
+
+
+def usage_routing_key(workspace_id: str, provider: str) -> str:
+    return f"{workspace_id}.{provider}"

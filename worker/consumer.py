@@ -1,0 +1,235 @@
+"""Where every job message is settled: publish what the outcome needs, with confirms, then ack.
+
+The single rule: a message is acked only after everything it produced is confirmed by the broker.
+A cancelled handler (shutdown) leaves its message unacked, so the broker redelivers it elsewhere;
+a handler that crashes rejects with requeue, so the quorum queue's delivery limit ends a poison
+message in the dead-letter queue instead of a loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+from datetime import UTC, datetime
+from typing import Any
+
+import aio_pika
+import orjson
+import structlog
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage, DeliveryMode
+
+from worker.constants import (
+    CONTENT_TYPE,
+    DELAY_STEPS_MS,
+    HEADER_ATTEMPTS,
+    HEADER_ERROR,
+    HEADER_FIRST_SEEN,
+    HEADER_REASON,
+    Topology,
+    result_routing_key,
+    usage_routing_key,
+)
+from worker.metrics import WorkerMetrics
+from worker.pipeline import Completed, DeadLetter, Delivery, JobRunner, Outcome, RetryLater, Unroutable
+
+log = structlog.get_logger("byok.worker")
+
+
+def _dump(model: Any) -> bytes:
+    return orjson.dumps(model.model_dump(mode="json", by_alias=True))
+
+
+def delivery_of(message: AbstractIncomingMessage) -> Delivery:
+    headers = message.headers or {}
+    attempts = headers.get(HEADER_ATTEMPTS)
+    first_seen_raw = headers.get(HEADER_FIRST_SEEN)
+    first_seen = None
+    if isinstance(first_seen_raw, str | bytes):
+        try:
+            first_seen = datetime.fromisoformat(
+                first_seen_raw.decode() if isinstance(first_seen_raw, bytes) else first_seen_raw
+            )
+        except ValueError:
+            first_seen = None
+    return Delivery(
+        body=message.body,
+        attempts_before=attempts if isinstance(attempts, int) and attempts >= 0 else 0,
+        first_seen=first_seen,
+    )
+
+
+def delay_step_ms(delay_s: float) -> int:
+    """The shortest fixed delay queue that waits at least ``delay_s`` (the longest one at most)."""
+    index = bisect.bisect_left(DELAY_STEPS_MS, int(delay_s * 1000))
+    return DELAY_STEPS_MS[min(index, len(DELAY_STEPS_MS) - 1)]
+
+
+class Publisher:
+    """Confirmed, persistent JSON publishing to the topology's exchanges."""
+
+    def __init__(self, channel: AbstractChannel, names: Topology) -> None:
+        self._channel = channel
+        self._names = names
+        self._exchanges: dict[str, AbstractExchange] = {}
+
+    async def _exchange(self, name: str) -> AbstractExchange:
+        exchange = self._exchanges.get(name)
+        if exchange is None:
+            exchange = await self._channel.get_exchange(name, ensure=False)
+            self._exchanges[name] = exchange
+        return exchange
+
+    async def publish(
+        self, exchange: str, routing_key: str, body: bytes, *, message_id: str | None = None,
+        headers: dict[str, Any] | None = None, correlation_id: str | None = None,
+    ) -> None:
+        message = aio_pika.Message(
+            body,
+            content_type=CONTENT_TYPE,
+            content_encoding="utf-8",
+            delivery_mode=DeliveryMode.PERSISTENT,
+            message_id=message_id,
+            correlation_id=correlation_id,
+            headers=headers,
+            timestamp=datetime.now(UTC),
+        )
+        if exchange == "":
+            await self._channel.default_exchange.publish(message, routing_key=routing_key)
+        else:
+            await (await self._exchange(exchange)).publish(message, routing_key=routing_key)
+
+
+class JobConsumer:
+    def __init__(self, runner: JobRunner, publisher: Publisher, names: Topology, metrics: WorkerMetrics) -> None:
+        self._runner = runner
+        self._publisher = publisher
+        self._names = names
+        self._metrics = metrics
+        self.in_flight: set[asyncio.Task[Any]] = set()
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    async def on_message(self, message: AbstractIncomingMessage) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self.in_flight.add(task)
+        self.idle.clear()
+        self._metrics.in_flight.inc()
+        try:
+            outcome = await self._runner.run(delivery_of(message))
+            await self._settle(message, outcome)
+        except asyncio.CancelledError:
+            log.info("job.cancelled", message_id=message.message_id, note="left unacked for redelivery")
+            raise
+        except Exception as exc:
+            log.error("job.crashed", message_id=message.message_id, error=type(exc).__name__, exc_info=True)
+            await self._requeue(message)
+        finally:
+            self._metrics.in_flight.dec()
+            if task is not None:
+                self.in_flight.discard(task)
+            if not self.in_flight:
+                self.idle.set()
+
+    async def _settle(self, message: AbstractIncomingMessage, outcome: Outcome) -> None:
+        if isinstance(outcome, Completed):
+            await self._publish_completed(message, outcome)
+        elif isinstance(outcome, RetryLater):
+            await self._publish_delayed(message, outcome)
+        elif isinstance(outcome, Unroutable):
+            log.warning("job.unroutable", message_id=message.message_id, error_code=outcome.dead_letter.code.value,
+                        reason=outcome.dead_letter.reason)
+            self._metrics.finished("failed", outcome.dead_letter.code.value)
+            await self._dead_letter(message, outcome.dead_letter)
+        await message.ack()
+
+    async def _publish_completed(self, message: AbstractIncomingMessage, outcome: Completed) -> None:
+        result = outcome.result
+        body = _dump(result)
+        publishes = [
+            self._publisher.publish(
+                self._names.results_exchange,
+                result_routing_key(result.workspace_id, result.automation_id, result.status.value),
+                body,
+                message_id=result.job_id,
+                correlation_id=message.correlation_id,
+            )
+        ]
+        if message.reply_to:
+            publishes.append(
+                self._publisher.publish(
+                    "", message.reply_to, body, message_id=result.job_id, correlation_id=message.correlation_id
+                )
+            )
+        if outcome.usage is not None:
+            usage = outcome.usage
+            publishes.append(
+                self._publisher.publish(
+                    self._names.usage_exchange,
+                    usage_routing_key(usage.workspace_id, usage.provider.value),
+                    _dump(usage),
+                    message_id=usage.event_id,
+                )
+            )
+        if outcome.dead_letter is not None:
+            publishes.append(self._dead_letter(message, outcome.dead_letter))
+        await asyncio.gather(*publishes)
+        self._log_outcome(outcome)
+
+    def _log_outcome(self, outcome: Completed) -> None:
+        result = outcome.result
+        error_code = result.error.code.value if result.error else None
+        self._metrics.finished(result.status.value, error_code)
+        usage = result.usage
+        log.info(
+            "job.finished",
+            job_id=result.job_id,
+            workspace_id=result.workspace_id,
+            automation_id=result.automation_id,
+            provider=result.provider.value if result.provider else None,
+            model=result.model,
+            status=result.status.value,
+            error_code=error_code,
+            attempts=result.attempts,
+            latency_ms=result.latency_ms,
+            input_tokens=usage.input_tokens if usage else None,
+            cache_read_tokens=usage.cache_read_tokens if usage else None,
+            cache_write_tokens=usage.cache_write_tokens if usage else None,
+            output_tokens=usage.output_tokens if usage else None,
+            reasoning_tokens=usage.reasoning_tokens if usage else None,
+            usage_reported=outcome.usage.usage_reported if outcome.usage else None,
+        )
+
+    async def _dead_letter(self, message: AbstractIncomingMessage, dead_letter: DeadLetter) -> None:
+        headers = dict(message.headers or {})
+        headers[HEADER_ERROR] = dead_letter.code.value
+        headers[HEADER_REASON] = dead_letter.reason
+        await self._publisher.publish(
+            self._names.dead_letter_exchange, "", message.body, message_id=message.message_id,
+            headers=headers, correlation_id=message.correlation_id,
+        )
+        self._metrics.dead_lettered(dead_letter.code.value)
+
+    async def _publish_delayed(self, message: AbstractIncomingMessage, retry: RetryLater) -> None:
+        step = delay_step_ms(retry.delay_s)
+        headers = {
+            key: value for key, value in (message.headers or {}).items() if not key.startswith("x-death")
+        }
+        headers[HEADER_ATTEMPTS] = retry.attempts
+        headers[HEADER_FIRST_SEEN] = retry.first_seen.isoformat()
+        await self._publisher.publish(
+            self._names.delay_exchange, str(step), message.body, message_id=message.message_id,
+            headers=headers, correlation_id=message.correlation_id,
+        )
+        self._metrics.delayed.inc()
+        log.info("job.delayed", message_id=message.message_id, delay_ms=step, attempts=retry.attempts,
+                 reason=retry.reason)
+
+    async def _requeue(self, message: AbstractIncomingMessage) -> None:
+        channel = message.channel
+        if getattr(channel, "is_closed", False):
+            return  # the delivery died with its channel; the broker redelivers it
+        try:
+            await message.reject(requeue=True)
+        except Exception:
+            log.warning("job.requeue_failed", message_id=message.message_id)

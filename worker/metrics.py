@@ -1,0 +1,56 @@
+"""Prometheus metrics of the worker. Labels are closed sets: no key, no job id, no free text."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+
+
+class WorkerMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.jobs = Counter(
+            "byok_jobs", "Jobs finished, by status and error code", ["status", "error_code"], registry=self.registry
+        )
+        self.in_flight = Gauge("byok_jobs_in_flight", "Jobs being processed now", registry=self.registry)
+        self.provider_latency = Histogram(
+            "byok_provider_call_seconds", "Provider call latency", ["provider"], buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.retries = Counter(
+            "byok_retries", "Transient failures that led to a retry", ["provider", "error_code"],
+            registry=self.registry,
+        )
+        self.delayed = Counter("byok_jobs_delayed", "Jobs sent through the delay queue", registry=self.registry)
+        self.dead_letters = Counter(
+            "byok_dead_letters", "Messages dead-lettered by the worker", ["error_code"], registry=self.registry
+        )
+        self.unseal_cache = Counter(
+            "byok_unseal_cache_lookups", "Unseal cache lookups", ["result"], registry=self.registry
+        )
+        self.vault_latency = Histogram(
+            "byok_vault_call_seconds", "Vault transit call latency", ["outcome"], buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+
+    def finished(self, status: str, error_code: str | None) -> None:
+        self.jobs.labels(status=status, error_code=error_code or "").inc()
+
+    def provider_call(self, provider: str, seconds: float) -> None:
+        self.provider_latency.labels(provider=provider).observe(seconds)
+
+    def retry(self, provider: str, error_code: str) -> None:
+        self.retries.labels(provider=provider, error_code=error_code).inc()
+
+    def dead_lettered(self, error_code: str) -> None:
+        self.dead_letters.labels(error_code=error_code).inc()
+
+    def unseal(self, *, hit: bool) -> None:
+        self.unseal_cache.labels(result="hit" if hit else "miss").inc()
+
+    def vault_call(self, seconds: float, outcome: str) -> None:
+        self.vault_latency.labels(outcome=outcome).observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,44 @@
+"""One provider call: build the request with the job's adapter, send it, classify what came back."""
+
+from __future__ import annotations
+
+import httpx
+import orjson
+
+from schemas.models import CompletionJob, ErrorCode
+from worker.endpoint import Endpoint
+from worker.errors import JobFailure, RetryableFailure
+from worker.providers.base import ProviderAdapter, ProviderReply
+
+
+async def call_provider(
+    client: httpx.AsyncClient,
+    adapter: ProviderAdapter,
+    job: CompletionJob,
+    endpoint: Endpoint,
+    api_key: str | None,
+) -> ProviderReply:
+    request = adapter.build_request(job, endpoint, api_key)
+    try:
+        response = await client.post(
+            endpoint.base_url + request.path, content=orjson.dumps(request.body), headers=request.headers
+        )
+    except httpx.TimeoutException:
+        raise RetryableFailure(ErrorCode.TIMEOUT, "the provider did not answer in time") from None
+    except httpx.TransportError as exc:
+        # The exception text names the URL at most; keys travel only in headers.
+        raise RetryableFailure(
+            ErrorCode.PROVIDER_ERROR, f"connection to the provider failed ({type(exc).__name__})"
+        ) from None
+    if not response.is_success:
+        failure = adapter.classify_error(response.status_code, dict(response.headers), response.content)
+        raise failure
+    try:
+        body = orjson.loads(response.content)
+        if not isinstance(body, dict):
+            raise ValueError("not an object")
+        return adapter.parse_response(body)
+    except (orjson.JSONDecodeError, ValueError, TypeError, KeyError) as exc:
+        raise JobFailure(
+            ErrorCode.PROVIDER_ERROR, f"unreadable provider response ({exc})", provider_status=response.status_code
+        ) from None

@@ -1,0 +1,90 @@
+"""OpenAI chat completions (``POST {base_url}/chat/completions``, bearer key)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from schemas.models import CompletionJob, Provider, TokenCounts
+from worker.endpoint import Endpoint
+from worker.errors import InvalidJob
+from worker.providers.base import ProviderReply, ProviderRequest
+from worker.providers.common import classify_status, error_body
+
+QUOTA_CODES = frozenset({"insufficient_quota", "billing_hard_limit_reached", "billing_not_active"})
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
+def openai_usage(raw: dict[str, Any]) -> TokenCounts:
+    """``cached_tokens`` are inside ``prompt_tokens``; ``reasoning_tokens`` inside ``completion_tokens``."""
+    prompt = _int(raw.get("prompt_tokens"))
+    completion = _int(raw.get("completion_tokens"))
+    prompt_details = raw.get("prompt_tokens_details") or {}
+    completion_details = raw.get("completion_tokens_details") or {}
+    cached = min(_int(prompt_details.get("cached_tokens")), prompt)
+    reasoning = min(_int(completion_details.get("reasoning_tokens")), completion)
+    return TokenCounts(
+        input_tokens=prompt - cached,
+        cache_read_tokens=cached,
+        output_tokens=completion - reasoning,
+        reasoning_tokens=reasoning,
+    )
+
+
+def chat_messages(job: CompletionJob) -> list[dict[str, str]]:
+    messages = [{"role": "system", "content": job.input.system}] if job.input.system else []
+    messages.extend({"role": m.role, "content": m.content} for m in job.input.messages)
+    return messages
+
+
+def sampling_options(job: CompletionJob) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    if job.input.temperature is not None:
+        options["temperature"] = job.input.temperature
+    if job.input.top_p is not None:
+        options["top_p"] = job.input.top_p
+    if job.input.stop:
+        options["stop"] = list(job.input.stop)
+    return options
+
+
+def parse_chat_completion(body: dict[str, Any], usage_of: Any = openai_usage) -> ProviderReply:
+    choices = body.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise ValueError("response has no choices")
+    message = choices[0].get("message") or {}
+    content = message.get("content") if isinstance(message, dict) else None
+    raw_usage = body.get("usage") if isinstance(body.get("usage"), dict) else None
+    return ProviderReply(
+        text=content if isinstance(content, str) else "",
+        finish_reason=choices[0].get("finish_reason"),
+        usage=usage_of(raw_usage) if raw_usage is not None else None,
+        raw_usage=raw_usage,
+    )
+
+
+class OpenAIAdapter:
+    provider = Provider.OPENAI
+    needs_key = True
+
+    def build_request(self, job: CompletionJob, endpoint: Endpoint, api_key: str | None) -> ProviderRequest:
+        if api_key is None:
+            raise InvalidJob("openai needs a sealed_key")
+        body: dict[str, Any] = {"model": job.model.name, "messages": chat_messages(job)}
+        body.update(sampling_options(job))
+        if job.input.max_tokens is not None:
+            # OpenAI itself deprecated max_tokens (reasoning models refuse it); compatible servers know max_tokens.
+            field = "max_completion_tokens" if endpoint.host == "api.openai.com" else "max_tokens"
+            body[field] = job.input.max_tokens
+        headers = {"authorization": f"Bearer {api_key}", "content-type": "application/json"}
+        return ProviderRequest(path="/chat/completions", headers=headers, body=body)
+
+    def parse_response(self, body: dict[str, Any]) -> ProviderReply:
+        return parse_chat_completion(body)
+
+    def classify_error(self, status: int, headers: dict[str, str], body: bytes) -> Exception:
+        error = error_body(body).get("error")
+        codes = {error.get("code"), error.get("type")} if isinstance(error, dict) else set()
+        return classify_status(status, headers, body, quota_exhausted=bool(codes & QUOTA_CODES))

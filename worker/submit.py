@@ -1,0 +1,70 @@
+"""``byok submit``: publish a job to byok.jobs with a confirm; with ``--wait``, print its result."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import uuid
+from pathlib import Path
+
+import aio_pika
+import orjson
+from aio_pika.abc import AbstractIncomingMessage, DeliveryMode
+from pydantic import ValidationError
+
+from schemas.models import CompletionJob
+from worker.constants import CONTENT_TYPE, JOB_ROUTING_KEY, Topology
+from worker.settings import Settings
+
+
+class SubmitError(RuntimeError):
+    pass
+
+
+def load_job(path: str) -> tuple[CompletionJob, bytes]:
+    raw = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+    try:
+        job = CompletionJob.model_validate_json(raw)
+    except ValidationError as exc:
+        raise SubmitError(f"the job does not match byok.completion_job.v1: {exc.error_count()} error(s)\n"
+                          + "\n".join(f"  {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from None
+    return job, raw
+
+
+async def submit(settings: Settings, job: CompletionJob, body: bytes, *, wait_s: float | None) -> bytes | None:
+    """Publish ``body``; return the result body when ``wait_s`` is given (None on timeout)."""
+    names = Topology(settings.topology_prefix)
+    connection = await aio_pika.connect(settings.amqp_url.get_secret_value())
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        reply_queue = None
+        correlation_id = str(uuid.uuid4())
+        if wait_s is not None:
+            reply_queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+        exchange = await channel.get_exchange(names.jobs_exchange)
+        await exchange.publish(
+            aio_pika.Message(
+                body, content_type=CONTENT_TYPE, content_encoding="utf-8",
+                delivery_mode=DeliveryMode.PERSISTENT, message_id=job.job_id,
+                reply_to=reply_queue.name if reply_queue else None, correlation_id=correlation_id,
+            ),
+            routing_key=JOB_ROUTING_KEY,
+        )
+        if reply_queue is None or wait_s is None:
+            return None
+        received: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+        async def on_reply(message: AbstractIncomingMessage) -> None:
+            await message.ack()
+            if message.correlation_id == correlation_id and not received.done():
+                received.set_result(message.body)
+
+        await reply_queue.consume(on_reply)
+        try:
+            return await asyncio.wait_for(received, wait_s)
+        except TimeoutError:
+            return None
+
+
+def pretty(body: bytes) -> str:
+    return orjson.dumps(orjson.loads(body), option=orjson.OPT_INDENT_2).decode()

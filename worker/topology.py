@@ -1,0 +1,97 @@
+"""The broker topology of DESIGN.md as data, and its declaration.
+
+``deploy/rabbitmq/definitions.json`` describes the same objects; a test holds the two equal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import AbstractChannel
+
+from worker.constants import DELAY_STEPS_MS, JOB_ROUTING_KEY, Topology
+
+
+@dataclass(frozen=True, slots=True)
+class ExchangeSpec:
+    name: str
+    kind: str
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSpec:
+    name: str
+    arguments: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class BindingSpec:
+    exchange: str
+    queue: str
+    routing_key: str
+
+
+@dataclass(frozen=True, slots=True)
+class TopologySpec:
+    exchanges: tuple[ExchangeSpec, ...]
+    queues: tuple[QueueSpec, ...]
+    bindings: tuple[BindingSpec, ...]
+
+
+def topology_spec(names: Topology, *, delivery_limit: int) -> TopologySpec:
+    quorum = {"x-queue-type": "quorum"}
+    exchanges = (
+        ExchangeSpec(names.jobs_exchange, "direct"),
+        ExchangeSpec(names.dead_letter_exchange, "fanout"),
+        ExchangeSpec(names.delay_exchange, "direct"),
+        ExchangeSpec(names.results_exchange, "topic"),
+        ExchangeSpec(names.usage_exchange, "topic"),
+        ExchangeSpec(names.alerts_exchange, "topic"),
+    )
+    delay_queues = tuple(
+        QueueSpec(
+            names.delay_queue(step),
+            {
+                **quorum,
+                "x-message-ttl": step,
+                "x-dead-letter-exchange": names.jobs_exchange,
+                "x-dead-letter-routing-key": JOB_ROUTING_KEY,
+                # A delayed job must reach byok.jobs again, not be dropped on the way.
+                "x-dead-letter-strategy": "at-least-once",
+                "x-overflow": "reject-publish",
+            },
+        )
+        for step in DELAY_STEPS_MS
+    )
+    queues = (
+        QueueSpec(
+            names.jobs_queue,
+            {**quorum, "x-dead-letter-exchange": names.dead_letter_exchange, "x-delivery-limit": delivery_limit},
+        ),
+        QueueSpec(names.dead_letter_queue, dict(quorum)),
+        QueueSpec(names.usage_queue, dict(quorum)),
+        *delay_queues,
+    )
+    bindings = (
+        BindingSpec(names.jobs_exchange, names.jobs_queue, JOB_ROUTING_KEY),
+        BindingSpec(names.dead_letter_exchange, names.dead_letter_queue, ""),
+        BindingSpec(names.usage_exchange, names.usage_queue, "#"),
+        *(BindingSpec(names.delay_exchange, names.delay_queue(step), str(step)) for step in DELAY_STEPS_MS),
+    )
+    return TopologySpec(exchanges, queues, bindings)
+
+
+async def declare_topology(channel: AbstractChannel, spec: TopologySpec) -> None:
+    """Idempotent: declaring what exists with the same arguments is a no-op; different ones fail loudly."""
+    exchanges = {}
+    for exchange in spec.exchanges:
+        exchanges[exchange.name] = await channel.declare_exchange(
+            exchange.name, aio_pika.ExchangeType(exchange.kind), durable=True
+        )
+    queues = {}
+    for queue in spec.queues:
+        queues[queue.name] = await channel.declare_queue(queue.name, durable=True, arguments=queue.arguments)
+    for binding in spec.bindings:
+        await queues[binding.queue].bind(exchanges[binding.exchange], routing_key=binding.routing_key)
