@@ -1,0 +1,35 @@
+# byok-worker: every entry point of the project. `make demo` and `make test` do all set-up themselves.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup test lint demo bench schemas check-deploy clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+lint: $(STAMP)
+	$(BIN)/ruff check worker schemas tests deploy
+	$(BIN)/mypy
+
+schemas: $(STAMP)
+	$(BIN)/python -m schemas.generate
+
+demo: $(STAMP)
+	$(BIN)/python -m worker.demo
+
+bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	LITELLM_LOCAL_MODEL_COST_MAP=True $(BIN)/python -m tests.bench.run
+
+clean:
+	rm -rf $(VENV) .demo .mypy_cache .ruff_cache .pytest_cache

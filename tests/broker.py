@@ -1,0 +1,137 @@
+"""Test helpers that a user of the worker could use too: publish jobs, capture what the worker publishes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aio_pika
+import orjson
+from aio_pika.abc import AbstractIncomingMessage
+
+from worker.constants import JOB_ROUTING_KEY, Topology
+from worker.settings import Settings
+from worker.topology import declare_topology, topology_spec
+
+
+@dataclass
+class Captured:
+    routing_key: str
+    headers: dict[str, Any]
+    body: bytes
+    message_id: str | None
+    correlation_id: str | None
+
+    @property
+    def json(self) -> Any:
+        return orjson.loads(self.body)
+
+
+@dataclass
+class BrokerTap:
+    """Everything the worker publishes: results, usage events and dead letters, as they arrive."""
+
+    results: list[Captured] = field(default_factory=list)
+    usage: list[Captured] = field(default_factory=list)
+    dead: list[Captured] = field(default_factory=list)
+    replies: list[Captured] = field(default_factory=list)
+    reply_queue: str = ""
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout_s: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not predicate():
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"timed out: {len(self.results)} results, {len(self.usage)} usage, {len(self.dead)} dead"
+                )
+            await asyncio.sleep(0.02)
+
+    def result_for(self, job_id: str) -> dict[str, Any]:
+        matches = [c.json for c in self.results if c.json["job_id"] == job_id]
+        assert matches, f"no result for {job_id}"
+        return matches[-1]
+
+    def everything(self) -> list[Captured]:
+        return [*self.results, *self.usage, *self.dead, *self.replies]
+
+
+def _capture(into: list[Captured]) -> Callable[[AbstractIncomingMessage], Any]:
+    async def on_message(message: AbstractIncomingMessage) -> None:
+        into.append(Captured(message.routing_key or "", dict(message.headers or {}), message.body,
+                             message.message_id, message.correlation_id))
+        await message.ack()
+
+    return on_message
+
+
+@contextlib.asynccontextmanager
+async def broker_tap(settings: Settings) -> AsyncIterator[BrokerTap]:
+    """Declares the topology, then listens on results (all keys), the usage queue and the dead-letter queue."""
+    names = Topology(settings.topology_prefix)
+    connection = await aio_pika.connect(settings.amqp_url.get_secret_value())
+    async with connection:
+        channel = await connection.channel()
+        await declare_topology(channel, topology_spec(names, delivery_limit=settings.delivery_limit))
+        tap = BrokerTap()
+        results = await channel.declare_queue(exclusive=True)
+        await results.bind(names.results_exchange, routing_key="#")
+        await results.consume(_capture(tap.results))
+        replies = await channel.declare_queue(exclusive=True)
+        tap.reply_queue = replies.name
+        await replies.consume(_capture(tap.replies))
+        await (await channel.get_queue(names.usage_queue)).consume(_capture(tap.usage))
+        await (await channel.get_queue(names.dead_letter_queue)).consume(_capture(tap.dead))
+        yield tap
+
+
+async def publish_jobs(
+    settings: Settings, bodies: list[bytes], *, reply_to: str | None = None, headers: dict[str, Any] | None = None
+) -> None:
+    names = Topology(settings.topology_prefix)
+    connection = await aio_pika.connect(settings.amqp_url.get_secret_value())
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        exchange = await channel.get_exchange(names.jobs_exchange)
+        await asyncio.gather(*(
+            exchange.publish(
+                aio_pika.Message(body, content_type="application/json", reply_to=reply_to,
+                                 correlation_id=f"corr-{i}", headers=headers,
+                                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                routing_key=JOB_ROUTING_KEY,
+            )
+            for i, body in enumerate(bodies)
+        ))
+
+
+def byok(settings: Settings, *args: str, stdin: bytes | None = None, check: bool = True,
+         extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
+    """Runs the real ``byok`` command with the test's settings in its environment (never in argv)."""
+    env = {
+        **os.environ,
+        "BYOK_AMQP_URL": settings.amqp_url.get_secret_value(),
+        "BYOK_TOPOLOGY_PREFIX": settings.topology_prefix,
+        "BYOK_VAULT_ADDR": settings.vault_addr,
+        "BYOK_VAULT_TOKEN": settings.vault_token.get_secret_value() if settings.vault_token else "",
+        "BYOK_STORE_URL": settings.store_url,
+        **(extra_env or {}),
+    }
+    result = subprocess.run([sys.executable, "-m", "worker.cli", *args], input=stdin, capture_output=True,
+                            env=env, timeout=60, check=False)
+    if check and result.returncode != 0:
+        raise AssertionError(f"byok {' '.join(args)} exited {result.returncode}: {result.stderr.decode()[-2000:]}")
+    return result
+
+
+def job_body(job_id: str, workspace_id: str, model: dict[str, Any], *, content: str = "hello there",
+             **extra: Any) -> bytes:
+    return orjson.dumps({
+        "job_id": job_id, "workspace_id": workspace_id, "model": model,
+        "input": {"messages": [{"role": "user", "content": content}]}, **extra,
+    })

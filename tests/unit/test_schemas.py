@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+from pydantic import ValidationError
+
+from schemas.generate import MODELS, SCHEMA_DIR, render
+from schemas.models import CompletionJob, CompletionResult, UsageEvent
+
+
+def job(**overrides: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "job_id": "j-1",
+        "workspace_id": "ws_1",
+        "model": {"provider": "openai", "name": "gpt-4o-mini", "sealed_key": "vault:v1:abcd"},
+        "input": {"messages": [{"role": "user", "content": "hi"}]},
+    }
+    base.update(overrides)
+    return base
+
+
+@pytest.mark.parametrize("filename", sorted(MODELS))
+def test_checked_in_json_schemas_are_current(filename: str) -> None:
+    checked_in = (SCHEMA_DIR / filename).read_bytes()
+    assert checked_in == render(MODELS[filename]), f"schemas/json/{filename} is stale: run `make schemas`"
+
+
+def test_schema_defaults_to_v1_and_other_versions_are_refused() -> None:
+    assert CompletionJob.model_validate(job()).schema_ == "byok.completion_job.v1"
+    with pytest.raises(ValidationError):
+        CompletionJob.model_validate(job(schema="byok.completion_job.v2"))
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"workspace_id": "ws\n"},
+        {"workspace_id": "ws 1"},
+        {"workspace_id": "x" * 65},
+        {"automation_id": "a/b"},
+        {"job_id": ""},
+        {"job_id": "j" * 129},
+        {"model": {"provider": "openai", "name": "m"}},
+        {"model": {"provider": "nope", "name": "m"}},
+        {"model": {"provider": "openai", "name": "m", "sealed_key": "plain-text-key"}},
+        {"model": {"provider": "openai", "name": "m", "sealed_key": "vault:v1:ab", "base_url": "ftp://x"}},
+        {"input": {"messages": []}},
+        {"input": {"messages": [{"role": "system", "content": "x"}]}},
+        {"input": {"messages": [{"role": "user", "content": "x"}], "stop": "END"}},
+        {"input": {"messages": [{"role": "user", "content": "x"}], "temperature": "hot"}},
+        {"input": {"messages": [{"role": "user", "content": "x"}], "max_tokens": 0}},
+        {"tags": {f"k{i}": "v" for i in range(17)}},
+        {"metadata": {"blob": "x" * 17_000}},
+        {"deadline": "2026-01-01T00:00:00"},
+        {"unknown_field": 1},
+    ],
+)
+def test_invalid_jobs_are_rejected(overrides: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError):
+        CompletionJob.model_validate(job(**overrides))
+
+
+def test_ollama_needs_no_key_and_deadlines_become_utc() -> None:
+    parsed = CompletionJob.model_validate(
+        job(model={"provider": "ollama", "name": "llama3"}, deadline="2026-01-01T02:00:00+02:00")
+    )
+    assert parsed.model.sealed_key is None
+    assert parsed.deadline is not None
+    assert parsed.deadline.isoformat() == "2026-01-01T00:00:00+00:00"
+
+
+def test_results_and_usage_always_carry_their_schema() -> None:
+    result = CompletionResult(job_id="j", workspace_id="w", status="failed", attempts=0, latency_ms=0,
+                              finished_at="2026-01-01T00:00:00Z")  # type: ignore[arg-type]
+    assert orjson.loads(result.model_dump_json(by_alias=True))["schema"] == "byok.completion_result.v1"
+    event = UsageEvent(event_id="e", job_id="j", workspace_id="w", provider="openai", model="m",  # type: ignore[arg-type]
+                       occurred_at="2026-01-01T00:00:00Z", latency_ms=1, status="succeeded")  # type: ignore[arg-type]
+    dumped = orjson.loads(event.model_dump_json(by_alias=True))
+    assert dumped["schema"] == "byok.usage_event.v1"
+    assert dumped["occurred_at"].endswith("Z")
