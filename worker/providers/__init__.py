@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 from schemas.models import Provider
+from worker.providers.anthropic import AnthropicAdapter
 from worker.providers.base import ProviderAdapter, ProviderReply, ProviderRequest
+from worker.providers.mistral import MistralAdapter
+from worker.providers.ollama import OllamaAdapter
 from worker.providers.openai import OpenAIAdapter
 
 ADAPTERS: dict[Provider, ProviderAdapter] = {
     Provider.OPENAI: OpenAIAdapter(),
+    Provider.ANTHROPIC: AnthropicAdapter(),
+    Provider.MISTRAL: MistralAdapter(),
+    Provider.OLLAMA: OllamaAdapter(),
 }
 
 

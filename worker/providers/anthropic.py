@@ -1,0 +1,83 @@
+"""Anthropic Messages (``POST {base_url}/v1/messages``, ``x-api-key`` + ``anthropic-version``).
+
+The job's ``temperature`` and ``top_p`` are not sent: Anthropic deprecated the sampling parameters
+(current models answer 400 "`temperature` is deprecated for this model") and the official SDK's
+``MessageCreateParams`` no longer declare them, so a request carrying them would break on new models
+and fail the contract tests.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from schemas.models import CompletionJob, Provider, TokenCounts
+from worker.endpoint import Endpoint
+from worker.errors import InvalidJob
+from worker.providers.base import ProviderReply, ProviderRequest
+from worker.providers.common import classify_status, count, error_body, mentions
+
+API_VERSION = "2023-06-01"
+DEFAULT_MAX_TOKENS = 4096
+"""Anthropic requires ``max_tokens``; a job that does not set it gets this."""
+
+# Anthropic has no machine-readable signal for an empty balance: a 400 invalid_request_error whose
+# message names the credit balance, or (documented) a 402 billing_error.
+QUOTA_TYPES = frozenset({"billing_error"})
+QUOTA_WORDS = ("credit balance", "billing", "purchase credits", "usage limits", "spend limit")
+
+
+def anthropic_usage(raw: dict[str, Any]) -> TokenCounts:
+    """``input_tokens`` already excludes cache reads and cache writes; thinking is billed as output."""
+    return TokenCounts(
+        input_tokens=count(raw.get("input_tokens")),
+        cache_read_tokens=count(raw.get("cache_read_input_tokens")),
+        cache_write_tokens=count(raw.get("cache_creation_input_tokens")),
+        output_tokens=count(raw.get("output_tokens")),
+    )
+
+
+def _text(content: Any) -> str:
+    if not isinstance(content, list):
+        raise ValueError("response has no content list")
+    return "".join(
+        block["text"] for block in content
+        if isinstance(block, dict) and block.get("type") == "text" and isinstance(block.get("text"), str)
+    )
+
+
+class AnthropicAdapter:
+    provider = Provider.ANTHROPIC
+    needs_key = True
+
+    def build_request(self, job: CompletionJob, endpoint: Endpoint, api_key: str | None) -> ProviderRequest:
+        if api_key is None:
+            raise InvalidJob("anthropic needs a sealed_key")
+        spec = job.input
+        body: dict[str, Any] = {
+            "model": job.model.name,
+            "max_tokens": spec.max_tokens or DEFAULT_MAX_TOKENS,
+            "messages": [{"role": m.role, "content": m.content} for m in spec.messages],
+        }
+        if spec.system:
+            body["system"] = spec.system
+        if spec.stop:
+            body["stop_sequences"] = list(spec.stop)
+        headers = {"x-api-key": api_key, "anthropic-version": API_VERSION, "content-type": "application/json"}
+        return ProviderRequest(path="/v1/messages", headers=headers, body=body)
+
+    def parse_response(self, body: dict[str, Any]) -> ProviderReply:
+        raw_usage = body.get("usage") if isinstance(body.get("usage"), dict) else None
+        stop_reason = body.get("stop_reason")
+        return ProviderReply(
+            text=_text(body.get("content")),
+            finish_reason=stop_reason if isinstance(stop_reason, str) else None,
+            usage=anthropic_usage(raw_usage) if raw_usage is not None else None,
+            raw_usage=raw_usage,
+        )
+
+    def classify_error(self, status: int, headers: dict[str, str], body: bytes) -> Exception:
+        error = error_body(body).get("error")
+        etype = error.get("type") if isinstance(error, dict) else None
+        message = error.get("message") if isinstance(error, dict) else None
+        quota = etype in QUOTA_TYPES or (isinstance(message, str) and mentions(message, QUOTA_WORDS))
+        return classify_status(status, headers, body, quota_exhausted=quota)

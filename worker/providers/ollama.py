@@ -1,0 +1,73 @@
+"""Ollama chat (``POST {base_url}/api/chat``, no key, ``stream: false``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from schemas.models import CompletionJob, Provider, TokenCounts
+from worker.endpoint import Endpoint
+from worker.providers.base import ProviderReply, ProviderRequest
+from worker.providers.common import classify_status, count, error_body, mentions
+from worker.providers.openai import chat_messages
+
+COUNTERS = (
+    "prompt_eval_count", "eval_count",
+    "total_duration", "load_duration", "prompt_eval_duration", "eval_duration",
+)
+TOKEN_COUNTERS = ("prompt_eval_count", "eval_count")
+QUOTA_WORDS = ("usage limit", "quota", "upgrade for higher limits", "billing")
+
+
+def ollama_usage(raw: dict[str, Any]) -> TokenCounts:
+    """``prompt_eval_count`` → input, ``eval_count`` → output (Ollama has no cache or reasoning split)."""
+    return TokenCounts(input_tokens=count(raw.get("prompt_eval_count")), output_tokens=count(raw.get("eval_count")))
+
+
+def ollama_options(job: CompletionJob) -> dict[str, Any]:
+    spec = job.input
+    options: dict[str, Any] = {}
+    if spec.max_tokens is not None:
+        options["num_predict"] = spec.max_tokens
+    if spec.temperature is not None:
+        options["temperature"] = spec.temperature
+    if spec.top_p is not None:
+        options["top_p"] = spec.top_p
+    if spec.stop:
+        options["stop"] = list(spec.stop)
+    return options
+
+
+class OllamaAdapter:
+    provider = Provider.OLLAMA
+    needs_key = False
+
+    def build_request(self, job: CompletionJob, endpoint: Endpoint, api_key: str | None) -> ProviderRequest:
+        body: dict[str, Any] = {"model": job.model.name, "messages": chat_messages(job), "stream": False}
+        options = ollama_options(job)
+        if options:
+            body["options"] = options
+        headers = {"content-type": "application/json"}
+        if api_key is not None:
+            # Ollama itself takes no key; a keyed Ollama-protocol service (a proxy, Ollama's cloud) takes a bearer.
+            headers["authorization"] = f"Bearer {api_key}"
+        return ProviderRequest(path="/api/chat", headers=headers, body=body)
+
+    def parse_response(self, body: dict[str, Any]) -> ProviderReply:
+        message = body.get("message")
+        if not isinstance(message, dict):
+            raise ValueError("response has no message")
+        content = message.get("content")
+        done_reason = body.get("done_reason")
+        raw_usage = {name: body[name] for name in COUNTERS if name in body}
+        reported = any(name in raw_usage for name in TOKEN_COUNTERS)
+        return ProviderReply(
+            text=content if isinstance(content, str) else "",
+            finish_reason=done_reason if isinstance(done_reason, str) else None,
+            usage=ollama_usage(raw_usage) if reported else None,
+            raw_usage=raw_usage if reported else None,
+        )
+
+    def classify_error(self, status: int, headers: dict[str, str], body: bytes) -> Exception:
+        error = error_body(body).get("error")
+        quota = status == 429 and isinstance(error, str) and mentions(error, QUOTA_WORDS)
+        return classify_status(status, headers, body, quota_exhausted=quota)
