@@ -8,7 +8,7 @@ import contextlib
 import sys
 from collections.abc import Sequence
 
-from worker import __version__
+from worker import __version__, dlq
 from worker.aggregator import commands as aggregator_commands
 from worker.keys_cli import register as register_keys
 from worker.logging_setup import configure_logging
@@ -23,9 +23,14 @@ def _settings() -> Settings:
 
 
 def _run_worker(_args: argparse.Namespace) -> int:
-    from worker.service import Worker
+    from worker.service import BrokerUnavailable, Worker
+    from worker.vault_auth import VaultAuthError
 
-    asyncio.run(Worker(_settings()).run())
+    try:
+        asyncio.run(Worker(_settings()).run())
+    except (BrokerUnavailable, VaultAuthError) as exc:
+        print(f"byok worker: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -77,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.set_defaults(func=_simulate)
 
     register_keys(commands)
+    dlq.register(commands)
     aggregator_commands.register(commands)
     return parser
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import hashlib
+from collections import OrderedDict
 from datetime import UTC, datetime
 from typing import Any
 
@@ -58,6 +60,15 @@ def delivery_of(message: AbstractIncomingMessage) -> Delivery:
     )
 
 
+def message_key(message: AbstractIncomingMessage) -> str:
+    return message.message_id or hashlib.sha256(message.body).hexdigest()
+
+
+def _channel_closed(message: AbstractIncomingMessage) -> bool:
+    channel = message.channel
+    return bool(getattr(channel, "is_closed", False))
+
+
 def delay_step_ms(delay_s: float) -> int:
     """The shortest fixed delay queue that waits at least ``delay_s`` (the longest one at most)."""
     index = bisect.bisect_left(DELAY_STEPS_MS, int(delay_s * 1000))
@@ -100,36 +111,76 @@ class Publisher:
 
 
 class JobConsumer:
-    def __init__(self, runner: JobRunner, publisher: Publisher, names: Topology, metrics: WorkerMetrics) -> None:
+    """Runs each delivery in a task of its own, so a lost channel does not abort a provider call midway.
+
+    The last outcomes are remembered (bounded, by message id). When the broker redelivers a message whose
+    job already ran here (the connection dropped before its ack arrived), the outcome is settled again: the
+    result is republished, the usage event keeps its ``event_id`` (counted once) and the provider is not
+    called twice.
+    """
+
+    def __init__(self, runner: JobRunner, publisher: Publisher, names: Topology, metrics: WorkerMetrics,
+                 *, remember: int = 4096) -> None:
         self._runner = runner
-        self._publisher = publisher
+        self.publisher = publisher
         self._names = names
         self._metrics = metrics
-        self.in_flight: set[asyncio.Task[Any]] = set()
+        self._recent: OrderedDict[str, Completed] = OrderedDict()
+        self._recent_max = remember
+        self._running: dict[str, asyncio.Future[None]] = {}
+        self.in_flight: set[asyncio.Task[None]] = set()
         self.idle = asyncio.Event()
         self.idle.set()
 
     async def on_message(self, message: AbstractIncomingMessage) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self.in_flight.add(task)
+        task = asyncio.create_task(self._handle(message))
+        self.in_flight.add(task)
         self.idle.clear()
+        task.add_done_callback(self._done)
+        # aiormq cancels its delivery task when the channel closes; the job itself carries on.
+        await asyncio.shield(task)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self.in_flight.discard(task)
+        if not self.in_flight:
+            self.idle.set()
+
+    async def _handle(self, message: AbstractIncomingMessage) -> None:
         self._metrics.in_flight.inc()
+        key = message_key(message)
+        earlier = self._running.get(key)
+        if earlier is not None:
+            # A redelivery that overtook the first run of the same message (the connection dropped).
+            await asyncio.wait([earlier])
+        running: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._running[key] = running
+        outcome: Outcome | None = self._recent.get(key) if message.redelivered else None
         try:
-            outcome = await self._runner.run(delivery_of(message))
+            if outcome is None:
+                outcome = await self._runner.run(delivery_of(message))
+                self._remember(key, outcome)
             await self._settle(message, outcome)
         except asyncio.CancelledError:
             log.info("job.cancelled", message_id=message.message_id, note="left unacked for redelivery")
             raise
         except Exception as exc:
-            log.error("job.crashed", message_id=message.message_id, error=type(exc).__name__, exc_info=True)
-            await self._requeue(message)
+            if _channel_closed(message):
+                log.warning("job.settle_interrupted", message_id=message.message_id, error=type(exc).__name__,
+                            note="broker connection lost; settled again on redelivery")
+            else:
+                log.error("job.crashed", message_id=message.message_id, error=type(exc).__name__, exc_info=True)
+                await self._requeue(message)
         finally:
+            running.set_result(None)
+            if self._running.get(key) is running:
+                del self._running[key]
             self._metrics.in_flight.dec()
-            if task is not None:
-                self.in_flight.discard(task)
-            if not self.in_flight:
-                self.idle.set()
+
+    def _remember(self, key: str, outcome: Outcome) -> None:
+        if isinstance(outcome, Completed):
+            self._recent[key] = outcome
+            while len(self._recent) > self._recent_max:
+                self._recent.popitem(last=False)
 
     async def _settle(self, message: AbstractIncomingMessage, outcome: Outcome) -> None:
         if isinstance(outcome, Completed):
@@ -147,7 +198,7 @@ class JobConsumer:
         result = outcome.result
         body = _dump(result)
         publishes = [
-            self._publisher.publish(
+            self.publisher.publish(
                 self._names.results_exchange,
                 result_routing_key(result.workspace_id, result.automation_id, result.status.value),
                 body,
@@ -157,14 +208,14 @@ class JobConsumer:
         ]
         if message.reply_to:
             publishes.append(
-                self._publisher.publish(
+                self.publisher.publish(
                     "", message.reply_to, body, message_id=result.job_id, correlation_id=message.correlation_id
                 )
             )
         if outcome.usage is not None:
             usage = outcome.usage
             publishes.append(
-                self._publisher.publish(
+                self.publisher.publish(
                     self._names.usage_exchange,
                     usage_routing_key(usage.workspace_id, usage.provider.value),
                     _dump(usage),
@@ -204,7 +255,7 @@ class JobConsumer:
         headers = dict(message.headers or {})
         headers[HEADER_ERROR] = dead_letter.code.value
         headers[HEADER_REASON] = dead_letter.reason
-        await self._publisher.publish(
+        await self.publisher.publish(
             self._names.dead_letter_exchange, "", message.body, message_id=message.message_id,
             headers=headers, correlation_id=message.correlation_id,
         )
@@ -217,7 +268,7 @@ class JobConsumer:
         }
         headers[HEADER_ATTEMPTS] = retry.attempts
         headers[HEADER_FIRST_SEEN] = retry.first_seen.isoformat()
-        await self._publisher.publish(
+        await self.publisher.publish(
             self._names.delay_exchange, str(step), message.body, message_id=message.message_id,
             headers=headers, correlation_id=message.correlation_id,
         )
@@ -226,8 +277,7 @@ class JobConsumer:
                  reason=retry.reason)
 
     async def _requeue(self, message: AbstractIncomingMessage) -> None:
-        channel = message.channel
-        if getattr(channel, "is_closed", False):
+        if _channel_closed(message):
             return  # the delivery died with its channel; the broker redelivers it
         try:
             await message.reject(requeue=True)

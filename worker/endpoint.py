@@ -76,7 +76,7 @@ class Endpoint:
 
 
 def binding(workspace_id: str, endpoint: Endpoint) -> bytes:
-    """What a sealed key is bound to: transit ``associated_data`` at seal and at unseal."""
+    """What a sealed key is bound to: the transit ``context`` of its derived workspace key, at seal and unseal."""
     return f"{BINDING_VERSION}|{workspace_id}|{endpoint.provider.value}|{endpoint.base_url}".encode()
 
 

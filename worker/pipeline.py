@@ -109,9 +109,9 @@ def routing_ids(raw: Any) -> tuple[str, str, str | None] | None:
     job_id, workspace_id, automation_id = raw.get("job_id"), raw.get("workspace_id"), raw.get("automation_id")
     if not (isinstance(job_id, str) and 1 <= len(job_id) <= 128):
         return None
-    if not (isinstance(workspace_id, str) and _IDENTIFIER.match(workspace_id)):
+    if not (isinstance(workspace_id, str) and _IDENTIFIER.fullmatch(workspace_id)):
         return None
-    if not (isinstance(automation_id, str) and _IDENTIFIER.match(automation_id)):
+    if not (isinstance(automation_id, str) and _IDENTIFIER.fullmatch(automation_id)):
         automation_id = None
     return job_id, workspace_id, automation_id
 
@@ -187,6 +187,7 @@ class JobRunner:
             code = ErrorCode.KEY_UNAVAILABLE if adapter.needs_key else ErrorCode.INVALID_JOB
             raise JobFailure(code, str(exc)) from None
         attempts = delivery.attempts_before
+        transient_failures = 0
         while True:
             try:
                 api_key = await self._unseal(job, endpoint) if adapter.needs_key else None
@@ -194,9 +195,10 @@ class JobRunner:
                 reply = await self._call(adapter, job, endpoint, api_key)
             except RetryableFailure as failure:
                 attempts += 1 if failure.billed_call else 0
+                transient_failures += 1
                 failure.attempts = attempts
                 self._metrics.retry(job.model.provider.value, failure.code.value)
-                delay = self._retry_delay(job, failure, attempts, first_seen)
+                delay = self._retry_delay(job, failure, max(attempts, transient_failures), first_seen)
                 if delay <= self._settings.inline_retry_max_s:
                     await asyncio.sleep(delay)
                     continue
@@ -243,14 +245,16 @@ class JobRunner:
         finally:
             self._metrics.provider_call(job.model.provider.value, time.perf_counter() - started)
 
-    def _retry_delay(self, job: CompletionJob, failure: RetryableFailure, attempts: int, first_seen: datetime) -> float:
-        """The wait before the next try, or ``failure`` raised when no try is left."""
+    def _retry_delay(self, job: CompletionJob, failure: RetryableFailure, tries: int, first_seen: datetime) -> float:
+        """The wait before the next try, or ``failure`` raised when no try is left.
+
+        Provider calls are bounded by ``max_attempts``; Vault outages only by the deadline or retry window.
+        """
         settings = self._settings
-        if failure.billed_call and attempts >= settings.max_attempts:
+        if failure.billed_call and (failure.attempts or 0) >= settings.max_attempts:
             raise failure
         delay = backoff_delay(
-            max(attempts, 1), base_s=settings.retry_base_delay_s, max_s=settings.retry_max_delay_s,
-            hint_s=failure.retry_after_s,
+            tries, base_s=settings.retry_base_delay_s, max_s=settings.retry_max_delay_s, hint_s=failure.retry_after_s,
         )
         now = datetime.now(UTC)
         if job.deadline is not None and (job.deadline - now).total_seconds() <= delay:

@@ -1,14 +1,24 @@
-"""The worker process: connect, declare, consume; on SIGTERM stop consuming, drain, close."""
+"""The worker process: connect, declare, consume; reconnect when the broker drops; drain on SIGTERM.
+
+Reconnection is explicit rather than left to aio-pika's robust connection, whose consumers have been
+seen not to come back (aio-pika #231, #563): each connection gets a fresh channel, topology check and
+consumer, and the worker gives up (exit status 1) when the broker stays unreachable.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import signal
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Any
 
 import aio_pika
 import structlog
-from aio_pika.abc import AbstractQueue, AbstractRobustConnection
+from aio_pika.abc import AbstractConnection, AbstractQueue
 
 from worker.constants import Topology
 from worker.consumer import JobConsumer, Publisher
@@ -25,6 +35,10 @@ from worker.vault_auth import make_token_source
 log = structlog.get_logger("byok.worker")
 
 
+class BrokerUnavailable(RuntimeError):
+    """Consuming could not resume within ``BYOK_RECONNECT_MAX_S``: let the orchestrator restart us."""
+
+
 class Worker:
     def __init__(self, settings: Settings, *, provider_transport: TransportFactory | None = None) -> None:
         self.settings = settings
@@ -32,11 +46,12 @@ class Worker:
         self.metrics = WorkerMetrics()
         self.cache = UnsealCache(ttl_s=settings.unseal_cache_ttl_s, max_entries=settings.unseal_cache_size)
         self._provider_transport = provider_transport
-        self._connection: AbstractRobustConnection | None = None
+        self._connection: AbstractConnection | None = None
         self._queue: AbstractQueue | None = None
         self._consumer_tag: str | None = None
         self.health: HealthServer | None = None
         self.ready = asyncio.Event()
+        self.connections = 0
 
     def _connected(self) -> bool:
         return self._connection is not None and not self._connection.is_closed
@@ -63,38 +78,75 @@ class Worker:
         self.health = HealthServer(settings.metrics_listen, HealthState(self._connected, self._consuming),
                                    self.metrics)
         await self.health.start()
+        runner = JobRunner(settings, decryptor=decryptor, http=http, cache=self.cache, metrics=self.metrics)
+        consumer: JobConsumer | None = None
         try:
-            self._connection = await aio_pika.connect_robust(settings.amqp_url.get_secret_value())
-            channel = await self._connection.channel(publisher_confirms=True)
-            await channel.set_qos(prefetch_count=settings.prefetch)
-            await declare_topology(channel, topology_spec(self.names, delivery_limit=settings.delivery_limit))
-            runner = JobRunner(settings, decryptor=decryptor, http=http, cache=self.cache, metrics=self.metrics)
-            consumer = JobConsumer(runner, Publisher(channel, self.names), self.names, self.metrics)
-            self._queue = await channel.get_queue(self.names.jobs_queue, ensure=False)
-            self._consumer_tag = await self._queue.consume(consumer.on_message, no_ack=False)
-            log.info("worker.started", queue=self.names.jobs_queue, prefetch=settings.prefetch,
-                     health_port=self.health.port)
-            self.ready.set()
-            await stop.wait()
-            await self._drain(consumer)
+            consumer = await self._supervise(stop, runner)
         finally:
-            self._consumer_tag = None
-            if self._connection is not None:
-                await self._connection.close()
+            if consumer is not None:
+                await self._drain(consumer)
+            await self._close_connection()
             await http.aclose()
             await decryptor.aclose()
             await tokens.aclose()
             await self.health.stop()
             log.info("worker.stopped")
 
+    async def _supervise(self, stop: asyncio.Event, runner: JobRunner) -> JobConsumer | None:
+        """One connection after another until ``stop``; returns the consumer to drain."""
+        consumer: JobConsumer | None = None
+        down_since: float | None = None
+        while not stop.is_set():
+            try:
+                lost = await self._connect(runner, consumer)
+            except (aio_pika.exceptions.AMQPError, OSError, TimeoutError) as exc:
+                down_since = down_since or time.monotonic()
+                down_for = time.monotonic() - down_since
+                if down_for > self.settings.reconnect_max_s:
+                    raise BrokerUnavailable(
+                        f"the broker has been unreachable for {down_for:.0f}s ({type(exc).__name__})"
+                    ) from None
+                log.warning("broker.unreachable", error=type(exc).__name__, down_s=round(down_for, 1))
+                await _wait(stop, min(5.0, 0.2 * 2 ** min(self.connections, 5)) * random.uniform(0.5, 1.0))  # noqa: S311 - jitter
+                continue
+            down_since = None
+            consumer = lost.consumer
+            await _first(stop.wait(), lost.event.wait())
+            if not stop.is_set():
+                log.warning("broker.connection_lost", in_flight=len(consumer.in_flight), note="reconnecting")
+                self._consumer_tag = None
+                self.ready.clear()
+        return consumer
+
+    async def _connect(self, runner: JobRunner, consumer: JobConsumer | None) -> _Connected:
+        settings = self.settings
+        connection = await aio_pika.connect(settings.amqp_url.get_secret_value(), timeout=10)
+        self._connection = connection
+        lost = asyncio.Event()
+        connection.close_callbacks.add(lambda *_args: lost.set())
+        channel = await connection.channel(publisher_confirms=True)
+        await channel.set_qos(prefetch_count=settings.prefetch)
+        await declare_topology(channel, topology_spec(self.names, delivery_limit=settings.delivery_limit))
+        publisher = Publisher(channel, self.names)
+        if consumer is None:
+            consumer = JobConsumer(runner, publisher, self.names, self.metrics)
+        else:
+            consumer.publisher = publisher
+        self._queue = await channel.get_queue(self.names.jobs_queue, ensure=False)
+        self._consumer_tag = await self._queue.consume(consumer.on_message, no_ack=False)
+        self.connections += 1
+        log.info("worker.started" if self.connections == 1 else "worker.reconnected", queue=self.names.jobs_queue,
+                 prefetch=settings.prefetch, health_port=self.health.port if self.health else None)
+        self.ready.set()
+        return _Connected(consumer, lost)
+
     async def _drain(self, consumer: JobConsumer) -> None:
         """Stop taking jobs, let in-flight ones finish within the grace period, leave the rest unacked."""
-        if self._queue is not None and self._consumer_tag is not None:
+        if self._queue is not None and self._consumer_tag is not None and self._connected():
             with contextlib.suppress(Exception):
                 await self._queue.cancel(self._consumer_tag)
         self._consumer_tag = None
-        in_flight = len(consumer.in_flight)
-        log.info("worker.draining", in_flight=in_flight, grace_s=self.settings.shutdown_grace_s)
+        log.info("worker.draining", in_flight=len(consumer.in_flight), grace_s=self.settings.shutdown_grace_s)
         try:
             await asyncio.wait_for(consumer.idle.wait(), timeout=self.settings.shutdown_grace_s)
         except TimeoutError:
@@ -103,6 +155,33 @@ class Worker:
             for task in unfinished:
                 task.cancel()
             await asyncio.gather(*unfinished, return_exceptions=True)
+
+    async def _close_connection(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None and not connection.is_closed:
+            with contextlib.suppress(Exception):
+                await connection.close()
+
+
+@dataclass(frozen=True, slots=True)
+class _Connected:
+    consumer: JobConsumer
+    event: asyncio.Event
+    """Set when this connection closes."""
+
+
+async def _first(*waits: Coroutine[Any, Any, Any]) -> None:
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+async def _wait(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
 
 
 def _signal_event() -> asyncio.Event:

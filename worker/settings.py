@@ -10,7 +10,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class VaultAuthMethod(StrEnum):
-    TOKEN = "token"
+    TOKEN = "token"  # noqa: S105 - a method name, not a secret
     APPROLE = "approle"
     KUBERNETES = "kubernetes"
 
@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     )
     allowed_hosts: Annotated[frozenset[str] | None, NoDecode] = None
 
+    reconnect_max_s: float = Field(
+        default=60.0, gt=0, description="exit with status 1 when the broker stays unreachable this long"
+    )
     shutdown_grace_s: float = Field(default=30.0, ge=0)
     log_level: str = "info"
     log_format: str = Field(default="json", pattern=r"^(json|console)$")

@@ -1,7 +1,9 @@
 """Per-job unsealing: Vault transit decrypt over async HTTP, so the event loop never blocks.
 
-The worker's identity may only decrypt. A sealed key opens only with its workspace's transit key and
-the associated data it was sealed with (workspace + provider + base URL, see ``worker.endpoint``).
+The worker's identity may only decrypt. Workspace keys are *derived* transit keys: a sealed key opens
+only with its workspace's key and the ``context`` it was sealed with (workspace + provider + base URL,
+see ``worker.endpoint.binding``); any other context fails GCM authentication. ``worker.keys`` explains
+why context rather than associated data (transit rewrap cannot carry associated data).
 """
 
 from __future__ import annotations
@@ -48,9 +50,9 @@ class TransitDecryptor:
     def key_name(self, workspace_id: str) -> str:
         return f"{self._key_prefix}{workspace_id}"
 
-    async def decrypt(self, workspace_id: str, sealed: str, associated_data_b64: str) -> SecretStr:
+    async def decrypt(self, workspace_id: str, sealed: str, binding_b64: str) -> SecretStr:
         url = f"{self._addr}/v1/{self._mount}/decrypt/{self.key_name(workspace_id)}"
-        payload = orjson.dumps({"ciphertext": sealed, "associated_data": associated_data_b64})
+        payload = orjson.dumps({"ciphertext": sealed, "context": binding_b64})
         for attempt in (1, 2):
             response = await self._post(url, payload)
             if response.status_code == 403 and attempt == 1:

@@ -8,7 +8,7 @@ import structlog
 
 from schemas.models import CompletionResult, Provider, UsageEvent
 from tests.broker import BrokerTap, job_body, publish_jobs
-from tests.integration.conftest import Sealer
+from tests.conftest import Sealer
 from worker.constants import Topology
 from worker.service import Worker
 from worker.settings import Settings

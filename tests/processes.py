@@ -1,0 +1,86 @@
+"""Real ``byok`` processes for tests that kill, stop or restart them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from worker.devstack import free_port
+from worker.settings import Settings
+
+
+def process_env(settings: Settings, **overrides: str) -> dict[str, str]:
+    env = {
+        **os.environ,
+        "BYOK_AMQP_URL": settings.amqp_url.get_secret_value(),
+        "BYOK_TOPOLOGY_PREFIX": settings.topology_prefix,
+        "BYOK_VAULT_ADDR": settings.vault_addr,
+        "BYOK_VAULT_TOKEN": settings.vault_token.get_secret_value() if settings.vault_token else "",
+        "BYOK_STORE_URL": settings.store_url,
+        "BYOK_LOG_LEVEL": "debug",
+        "BYOK_RETRY_BASE_DELAY_S": str(settings.retry_base_delay_s),
+    }
+    env.update(overrides)
+    return env
+
+
+@dataclass
+class ByokProcess:
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    health_port: int = 0
+    env: dict[str, str] = field(default_factory=dict)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def signal(self, sig: signal.Signals) -> None:
+        self.process.send_signal(sig)
+
+    def wait(self, timeout_s: float) -> int:
+        return self.process.wait(timeout_s)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_worker(settings: Settings, ready_timeout_s: float = 30.0, **overrides: str) -> ByokProcess:
+    port = free_port()
+    env = process_env(settings, BYOK_METRICS_LISTEN=f"127.0.0.1:{port}", **overrides)
+    log_path = Path(tempfile.mkstemp(prefix="byok-worker-", suffix=".log")[1])
+    with log_path.open("wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "worker.cli", "worker"], stdout=log,
+                                   stderr=subprocess.STDOUT, env=env)
+    worker = ByokProcess(process, log_path, port, env)
+    deadline = time.monotonic() + ready_timeout_s
+    while True:
+        if process.poll() is not None:
+            raise AssertionError(f"worker exited with {process.returncode}: {worker.log()[-3000:]}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                return worker
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            worker.stop()
+            raise AssertionError(f"worker not ready after {ready_timeout_s}s: {worker.log()[-3000:]}")
+        time.sleep(0.1)
+
+
+def kill(worker: ByokProcess) -> None:
+    worker.signal(signal.SIGKILL)
+    worker.wait(10)

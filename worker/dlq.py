@@ -1,0 +1,165 @@
+"""``byok dlq list|show|replay``: read dead letters with their reasons, republish chosen ones after a fix.
+
+Reading never removes anything: messages are fetched unacknowledged and returned to the queue when the
+channel closes. Replay acks a dead letter only after its copy on ``byok.jobs`` is confirmed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aio_pika
+import orjson
+from aio_pika.abc import AbstractIncomingMessage, DeliveryMode
+
+from worker.constants import CONTENT_TYPE, HEADER_ERROR, HEADER_REASON, JOB_ROUTING_KEY, Topology
+from worker.settings import Settings, load_settings
+
+REPLAY_HEADER = "x-byok-replayed"
+DROPPED_ON_REPLAY = (HEADER_ERROR, HEADER_REASON, "x-byok-attempts", "x-byok-first-seen", "x-delivery-count")
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterView:
+    message_id: str | None
+    error: str
+    reason: str
+    workspace_id: str | None
+    job_id: str | None
+    size: int
+
+    def as_json(self) -> dict[str, Any]:
+        return {"message_id": self.message_id, "error": self.error, "reason": self.reason,
+                "workspace_id": self.workspace_id, "job_id": self.job_id, "size": self.size}
+
+
+def _text(value: Any) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
+def describe(message: AbstractIncomingMessage) -> DeadLetterView:
+    headers = message.headers or {}
+    error, reason = headers.get(HEADER_ERROR), headers.get(HEADER_REASON)
+    if error is None:
+        # Dead-lettered by the broker itself (delivery limit reached: a poison message).
+        error = headers.get("x-first-death-reason", "unknown")
+        reason = f"dead-lettered by the broker ({_text(error)})"
+    try:
+        body = orjson.loads(message.body)
+    except orjson.JSONDecodeError:
+        body = None
+    job = body if isinstance(body, dict) else {}
+    workspace, job_id = job.get("workspace_id"), job.get("job_id")
+    return DeadLetterView(
+        message_id=message.message_id,
+        error=_text(error),
+        reason=_text(reason or ""),
+        workspace_id=workspace if isinstance(workspace, str) else None,
+        job_id=job_id if isinstance(job_id, str) else None,
+        size=len(message.body),
+    )
+
+
+Selector = Callable[[DeadLetterView], bool]
+
+
+def selector(workspace: str | None, reason: str | None, message_id: str | None = None) -> Selector:
+    def chosen(view: DeadLetterView) -> bool:
+        return ((workspace is None or view.workspace_id == workspace)
+                and (reason is None or view.error == reason)
+                and (message_id is None or view.message_id == message_id))
+
+    return chosen
+
+
+async def scan(
+    settings: Settings, chosen: Selector, limit: int, *, replay: bool = False, scan_max: int = 100_000
+) -> list[tuple[DeadLetterView, AbstractIncomingMessage]]:
+    """Dead letters that ``chosen`` selects (at most ``limit``); with ``replay``, republished and removed."""
+    names = Topology(settings.topology_prefix)
+    connection = await aio_pika.connect(settings.amqp_url.get_secret_value())
+    found: list[tuple[DeadLetterView, AbstractIncomingMessage]] = []
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        queue = await channel.get_queue(names.dead_letter_queue)
+        jobs = await channel.get_exchange(names.jobs_exchange)
+        for _ in range(scan_max):
+            if len(found) >= limit:
+                break
+            message = await queue.get(no_ack=False, fail=False)
+            if message is None:
+                break
+            view = describe(message)
+            if not chosen(view):
+                continue
+            found.append((view, message))
+            if replay:
+                await jobs.publish(replayed(message), routing_key=JOB_ROUTING_KEY)
+                await message.ack()
+        # Closing the channel returns every message fetched and not acked to the queue, unchanged.
+    return found
+
+
+def replayed(message: AbstractIncomingMessage) -> aio_pika.Message:
+    headers = {k: v for k, v in (message.headers or {}).items()
+               if k not in DROPPED_ON_REPLAY and not k.startswith("x-death") and not k.startswith("x-first-death")
+               and not k.startswith("x-last-death")}
+    previous = headers.get(REPLAY_HEADER)
+    headers[REPLAY_HEADER] = (previous if isinstance(previous, int) else 0) + 1
+    return aio_pika.Message(
+        message.body, content_type=CONTENT_TYPE, content_encoding="utf-8", delivery_mode=DeliveryMode.PERSISTENT,
+        message_id=message.message_id, correlation_id=message.correlation_id, reply_to=message.reply_to,
+        headers=headers,
+    )
+
+
+def _print_table(views: list[DeadLetterView]) -> None:
+    print(f"{'message_id':<28} {'workspace':<16} {'error':<16} reason")
+    for view in views:
+        print(f"{(view.message_id or '-')[:28]:<28} {(view.workspace_id or '-')[:16]:<16} {view.error[:16]:<16} "
+              f"{view.reason}")
+    print(f"{len(views)} dead letter(s)")
+
+
+def _run(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    if args.dlq_command == "show":
+        found = asyncio.run(scan(settings, selector(None, None, args.message_id), 1))
+        if not found:
+            print(f"byok dlq: no dead letter with message id {args.message_id}", file=sys.stderr)
+            return 1
+        view, message = found[0]
+        print(orjson.dumps({**view.as_json(), "headers": {k: _text(v) for k, v in (message.headers or {}).items()},
+                            "body": message.body.decode(errors="replace")}, option=orjson.OPT_INDENT_2).decode())
+        return 0
+    chosen = selector(args.workspace, args.reason)
+    found = asyncio.run(scan(settings, chosen, args.limit, replay=args.dlq_command == "replay"))
+    views = [view for view, _ in found]
+    if args.json:
+        print(orjson.dumps([v.as_json() for v in views]).decode())
+    else:
+        _print_table(views)
+    if args.dlq_command == "replay":
+        print(f"replayed {len(views)} job(s) to {Topology(settings.topology_prefix).jobs_exchange}", file=sys.stderr)
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    dlq = subparsers.add_parser("dlq", help="inspect and replay dead-lettered jobs")
+    verbs = dlq.add_subparsers(dest="dlq_command", required=True)
+    for verb, text in (("list", "list dead letters with their reasons"),
+                       ("replay", "republish chosen dead letters to byok.jobs (removed only once confirmed)")):
+        parser = verbs.add_parser(verb, help=text)
+        parser.add_argument("--workspace", help="only this workspace's jobs")
+        parser.add_argument("--reason", help="only this error code (e.g. provider_error, invalid_job, delivery_limit)")
+        parser.add_argument("--limit", type=int, default=100 if verb == "list" else 1000)
+        parser.add_argument("--json", action="store_true")
+        parser.set_defaults(func=_run)
+    show = verbs.add_parser("show", help="one dead letter: headers and body")
+    show.add_argument("message_id")
+    show.set_defaults(func=_run)
