@@ -72,8 +72,11 @@ def _capture(into: list[Captured]) -> Callable[[AbstractIncomingMessage], Any]:
 
 
 @contextlib.asynccontextmanager
-async def broker_tap(settings: Settings) -> AsyncIterator[BrokerTap]:
-    """Declares the topology, then listens on results (all keys), the usage queue and the dead-letter queue."""
+async def broker_tap(settings: Settings, *, usage: bool = True) -> AsyncIterator[BrokerTap]:
+    """Declares the topology, then listens on results (all keys), the usage queue and the dead-letter queue.
+
+    ``usage=False`` leaves the usage queue to an aggregator under test.
+    """
     names = Topology(settings.topology_prefix)
     connection = await aio_pika.connect(settings.amqp_url.get_secret_value())
     async with connection:
@@ -86,7 +89,8 @@ async def broker_tap(settings: Settings) -> AsyncIterator[BrokerTap]:
         replies = await channel.declare_queue(exclusive=True)
         tap.reply_queue = replies.name
         await replies.consume(_capture(tap.replies))
-        await (await channel.get_queue(names.usage_queue)).consume(_capture(tap.usage))
+        if usage:
+            await (await channel.get_queue(names.usage_queue)).consume(_capture(tap.usage))
         await (await channel.get_queue(names.dead_letter_queue)).consume(_capture(tap.dead))
         yield tap
 

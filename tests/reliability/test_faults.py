@@ -13,6 +13,7 @@ import time
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import httpx
 import orjson
 import pytest
 from hypothesis import HealthCheck, given
@@ -21,11 +22,13 @@ from hypothesis import strategies as st
 from pydantic import SecretStr
 
 from schemas.models import Provider
-from tests.broker import BrokerTap, byok, job_body, publish_jobs
+from tests.broker import BrokerTap, broker_tap, byok, job_body, publish_jobs
 from tests.conftest import Sealer
 from tests.faults import TcpProxy
-from tests.processes import start_worker
+from tests.processes import kill, start_worker
 from tests.services import start_vault
+from worker.aggregator.commands import query_consumption
+from worker.aggregator.service import RunningAggregator, run_aggregator
 from worker.service import Worker
 from worker.settings import Settings
 from worker.simulator import ProviderSimulator
@@ -236,3 +239,58 @@ async def test_sigterm_under_load_finishes_in_flight_and_redelivers_the_rest(
     assert duplicates == 0, "a drained worker must not leave half-finished jobs behind"
     assert len(simulator.ledger.billed()) == total
     assert tap.dead == []
+
+
+def in_flight(port: int) -> float:
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+    for line in text.splitlines():
+        if line.startswith("byok_jobs_in_flight "):
+            return float(line.split()[1])
+    return 0.0
+
+
+@pytest.mark.timeout(180)
+async def test_sigkill_with_200_in_flight_loses_nothing_and_counts_every_billed_call_once(
+    settings: Settings, simulator: ProviderSimulator, seal: Sealer
+) -> None:
+    simulator.latency_s = 2.0
+    model = sealed_model(seal, simulator, "ws-kill")
+    total = 200
+    async with broker_tap(settings, usage=False) as tap:
+        await publish_jobs(settings, [job_body(f"k-{i}", "ws-kill", model, content=f"job {i}") for i in range(total)])
+        first = await asyncio.to_thread(start_worker, settings, BYOK_PREFETCH="200")
+        deadline = time.monotonic() + 30
+        while await asyncio.to_thread(in_flight, first.health_port) < total:
+            assert time.monotonic() < deadline, "the worker never had 200 jobs in flight"
+            await asyncio.sleep(0.05)
+        kill(first)
+        killed_with = len(tap.results)
+        second = await asyncio.to_thread(start_worker, settings, BYOK_PREFETCH="200")
+        try:
+            await tap.wait_for(lambda: len(job_ids(tap)) == total, timeout_s=60)
+        finally:
+            second.stop()
+    ledger = simulator.ledger.totals()
+    stop = asyncio.Event()
+    ready: list[RunningAggregator] = []
+    aggregator = asyncio.create_task(run_aggregator(settings, stop=stop, on_ready=ready.append))
+    try:
+        deadline = time.monotonic() + 30
+        while not ready:
+            assert not aggregator.done(), aggregator
+            await asyncio.sleep(0.05)
+        while True:
+            summary = await query_consumption(settings, "ws-kill", None, None, ())
+            if summary["totals"]["requests"] >= ledger["requests"] or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.2)
+    finally:
+        stop.set()
+        await asyncio.wait_for(aggregator, 30)
+    totals = {k: summary["totals"][k] for k in ledger}
+    print(f"\n[sigkill] sent={total} in_flight_at_kill={total} results_before_kill={killed_with} "
+          f"results={len(tap.results)} unique={len(job_ids(tap))} dead={len(tap.dead)} "
+          f"ledger={ledger} aggregator={totals} gone_calls={sum(1 for c in simulator.ledger.calls if c.status == 499)}")
+    assert all(r.json["status"] == "succeeded" for r in tap.results)
+    assert totals == ledger, "the aggregator must agree with the provider's invoice to the token"
+    assert ledger["requests"] == total
