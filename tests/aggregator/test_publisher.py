@@ -1,0 +1,90 @@
+"""Stored alerts reach ``<prefix>.alerts`` on the real broker: persistent, confirmed, at least once."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import aio_pika
+import orjson
+import pytest
+from aio_pika.abc import AbstractChannel, AbstractQueue
+
+from tests.aggregator.helpers import at
+from worker.aggregator.alerts import AlertKind, make_alert
+from worker.aggregator.broker import aggregator_topology
+from worker.aggregator.metrics import AggregatorMetrics
+from worker.aggregator.publisher import AlertPublisher
+from worker.aggregator.store import Store
+from worker.constants import Topology
+from worker.topology import declare_topology
+
+WINDOW = (at("2025-03-01 10:00"), at("2025-03-01 11:00"))
+
+
+@pytest.fixture
+async def channel(amqp_url: str, topology_prefix: str) -> AsyncIterator[AbstractChannel]:
+    connection = await aio_pika.connect_robust(amqp_url)
+    try:
+        opened = await connection.channel(publisher_confirms=True)
+        await declare_topology(opened, aggregator_topology(Topology(topology_prefix)))
+        yield opened
+    finally:
+        await connection.close()
+
+
+async def subscribe(channel: AbstractChannel, prefix: str) -> AbstractQueue:
+    queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+    await queue.bind(Topology(prefix).alerts_exchange, routing_key="#")
+    return queue
+
+
+async def drain(queue: AbstractQueue, expected: int) -> list[aio_pika.abc.AbstractIncomingMessage]:
+    got = []
+    async with asyncio.timeout(10):
+        while len(got) < expected:
+            message = await queue.get(fail=False)
+            if message is None:
+                await asyncio.sleep(0.02)
+                continue
+            await message.ack()
+            got.append(message)
+    await asyncio.sleep(0.1)
+    assert await queue.get(fail=False) is None, "more alerts than expected"
+    return got
+
+
+async def test_alerts_are_published_once_with_their_routing_key(
+    store: Store, channel: AbstractChannel, topology_prefix: str
+) -> None:
+    queue = await subscribe(channel, topology_prefix)
+    spike = make_alert(AlertKind.SPIKE, "acme", "*:tokens", WINDOW, "a spike", {"value": 156000})
+    budget = make_alert(AlertKind.BUDGET, "beta", "80pct", WINDOW, "80 %", {"spent_usd": 8.5})
+    await store.add_alerts([spike, budget])
+    publisher = AlertPublisher(store, channel, Topology(topology_prefix).alerts_exchange, AggregatorMetrics())
+    assert await publisher.flush() == 2
+    assert await publisher.flush() == 0
+    messages = await drain(queue, 2)
+    by_key = {m.routing_key: m for m in messages}
+    assert set(by_key) == {"acme.spike", "beta.budget"}
+    message = by_key["acme.spike"]
+    assert message.content_type == "application/json"
+    assert message.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
+    assert message.message_id == spike.alert_id
+    assert orjson.loads(message.body) == spike.as_dict()
+    assert await store.unpublished_alerts() == 0
+
+
+async def test_a_claimed_alert_is_published_by_another_after_the_lease(
+    store: Store, channel: AbstractChannel, topology_prefix: str
+) -> None:
+    """A publisher that claimed an alert and died: the lease runs out and another one publishes it."""
+    queue = await subscribe(channel, topology_prefix)
+    await store.add_alerts([make_alert(AlertKind.ERROR_BURST, "acme", "auth_failed", WINDOW, "401s", {})])
+    assert len(await store.claim_unpublished(10, lease_s=0.3)) == 1  # and then nothing: it crashed
+    exchange = Topology(topology_prefix).alerts_exchange
+    other = AlertPublisher(store, channel, exchange, AggregatorMetrics(), lease_s=0.3)
+    assert await other.flush() == 0  # still leased
+    await asyncio.sleep(0.35)
+    assert await other.flush() == 1
+    assert [m.routing_key for m in await drain(queue, 1)] == ["acme.error_burst"]

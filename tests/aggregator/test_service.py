@@ -1,0 +1,184 @@
+"""End to end: usage events and failed results through the real broker into ``run_aggregator``, read back
+over HTTP and with the consumption function; alerts out on the alerts exchange."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import aio_pika
+import aiohttp
+import orjson
+from aio_pika.abc import AbstractChannel, AbstractQueue
+
+from schemas.models import CompletionResult, UsageEvent
+from tests.aggregator.helpers import at, failed, usage
+from tests.aggregator.test_consumption import TOTALS, dataset
+from worker.aggregator.consumption import consumption
+from worker.aggregator.service import RunningAggregator, run_aggregator
+from worker.aggregator.settings import AggregatorSettings
+from worker.constants import Topology, result_routing_key, usage_routing_key
+from worker.settings import Settings
+
+T = TypeVar("T")
+
+
+def quiet_rules(**overrides: Any) -> AggregatorSettings:
+    values: dict[str, Any] = {"aggregator_batch_wait_ms": 20, "spike_floor_tokens": 10**12,
+                              "spike_floor_cost_usd": 10**6, "error_burst_threshold": 3, **overrides}
+    return AggregatorSettings(**values)
+
+
+@asynccontextmanager
+async def aggregator(settings: Settings, agg: AggregatorSettings) -> AsyncIterator[RunningAggregator]:
+    stop = asyncio.Event()
+    ready: asyncio.Future[RunningAggregator] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(run_aggregator(settings, stop=stop, aggregator_settings=agg, on_ready=ready.set_result))
+    done, _ = await asyncio.wait([ready, task], timeout=30, return_when=asyncio.FIRST_COMPLETED)
+    assert ready in done, f"the aggregator did not start: {task.exception() if task.done() else 'timeout'}"
+    try:
+        yield ready.result()
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 15)  # a clean stop; re-raises whatever crashed it
+
+
+@asynccontextmanager
+async def broker(settings: Settings) -> AsyncIterator[AbstractChannel]:
+    connection = await aio_pika.connect_robust(settings.amqp_url.get_secret_value())
+    try:
+        yield await connection.channel(publisher_confirms=True)
+    finally:
+        await connection.close()
+
+
+async def publish(channel: AbstractChannel, exchange: str, routing_key: str, body: bytes) -> None:
+    target = await channel.get_exchange(exchange, ensure=False)
+    await target.publish(
+        aio_pika.Message(body, content_type="application/json", delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+        routing_key=routing_key,
+    )
+
+
+async def publish_usage(channel: AbstractChannel, names: Topology, events: Sequence[UsageEvent]) -> None:
+    for event in events:
+        await publish(channel, names.usage_exchange, usage_routing_key(event.workspace_id, event.provider.value),
+                      event.model_dump_json(by_alias=True).encode())
+
+
+async def publish_results(channel: AbstractChannel, names: Topology, results: Sequence[CompletionResult]) -> None:
+    for result in results:
+        await publish(channel, names.results_exchange,
+                      result_routing_key(result.workspace_id, result.automation_id, result.status.value),
+                      result.model_dump_json(by_alias=True).encode())
+
+
+async def eventually(probe: Callable[[], Awaitable[T]], accept: Callable[[T], bool], timeout_s: float = 15) -> T:
+    async with asyncio.timeout(timeout_s):
+        while True:
+            value = await probe()
+            if accept(value):
+                return value
+            await asyncio.sleep(0.05)
+
+
+async def get_json(url: str, params: dict[str, str] | None = None) -> Any:
+    async with aiohttp.ClientSession() as session, session.get(url, params=params) as response:
+        assert response.status == 200, await response.text()
+        return await response.json()
+
+
+async def test_usage_and_failures_flow_to_the_api_and_the_alerts_exchange(
+    settings: Settings, store_url: str, prices_file: str
+) -> None:
+    settings = settings.model_copy(update={"prices_file": prices_file, "store_url": store_url})
+    names = Topology(settings.topology_prefix)
+    events = dataset()
+    async with aggregator(settings, quiet_rules()) as running, broker(settings) as channel:
+        alerts_queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+        await alerts_queue.bind(names.alerts_exchange, routing_key="acme.*")
+
+        await publish(channel, names.usage_exchange, "acme.openai", b"this is not JSON")
+        await publish(channel, names.usage_exchange, "acme.openai", b'{"schema": "byok.usage_event.v1"}')
+        await publish_usage(channel, names, [*events, events[0], events[3]])  # two republished events
+        await publish_results(channel, names, [failed("2025-03-01 10:00:00"), failed("2025-03-01 10:00:30")])
+        await publish_results(channel, names, [failed("2025-03-01 10:01:00")])
+
+        base = running.api_url
+        url = f"{base}/v1/workspaces/acme/consumption"
+        body = await eventually(lambda: get_json(url), lambda b: b["totals"]["requests"] >= 6)
+        assert body["totals"] == TOTALS
+        assert body == await consumption(running.store, running.prices, "acme")
+        grouped = await get_json(url, {"group_by": "day,automation", "since": "2025-03-01T10:30:00Z"})
+        assert grouped == await consumption(running.store, running.prices, "acme", since=at("2025-03-01 10:30"),
+                                            group_by=("day", "automation"))
+
+        # acme's first batch used three models: the earliest is its baseline, the two others are new
+        anomalies = await eventually(lambda: get_json(f"{base}/v1/workspaces/acme/anomalies"),
+                                     lambda b: len(b["anomalies"]) >= 3)
+        assert sorted((a["kind"], a["details"].get("code") or a["details"]["model"])
+                      for a in anomalies["anomalies"]) == [
+            ("error_burst", "auth_failed"), ("unexpected_model", "claude-x"), ("unexpected_model", "mistral-mystery")]
+        burst = next(a for a in anomalies["anomalies"] if a["kind"] == "error_burst")
+        assert (burst["details"]["count"], burst["details"]["threshold"]) == (3, 3)
+        published = {m.routing_key: orjson.loads(m.body) for m in [await next_message(alerts_queue) for _ in range(3)]}
+        assert sorted(published) == ["acme.error_burst", "acme.unexpected_model"]
+        assert published["acme.error_burst"] == burst
+
+        health = await get_json(f"{base}/healthz")
+        assert health == {"status": "ok", "broker_connected": True, "consuming": True, "store": "ok"}
+        rejected = running.metrics.messages.labels(queue="usage", outcome="rejected")
+        await eventually(lambda: asyncio.sleep(0, rejected._value.get()), lambda v: v == 2)
+        assert _counter(running, "new") == len(events)
+        assert _counter(running, "duplicate") == 2
+        async with aiohttp.ClientSession() as session, session.get(f"{base}/metrics") as response:
+            text = await response.text()
+        assert 'byok_aggregator_messages_total{outcome="rejected",queue="usage"} 2.0' in text
+
+    # everything was settled: accepted messages acked, malformed ones rejected without requeue
+    async with broker(settings) as channel:
+        usage_queue = await channel.declare_queue(names.usage_queue, passive=True)
+        assert usage_queue.declaration_result.message_count == 0
+
+
+async def next_message(queue: AbstractQueue) -> aio_pika.abc.AbstractIncomingMessage:
+    async with asyncio.timeout(10):
+        while (message := await queue.get(fail=False)) is None:
+            await asyncio.sleep(0.02)
+    await message.ack()
+    return message
+
+
+async def test_two_aggregators_share_one_queue_and_one_postgresql(settings: Settings, pg_url: str) -> None:
+    settings = settings.model_copy(update={"store_url": pg_url})
+    names = Topology(settings.topology_prefix)
+    events = [usage(f"2025-03-01 10:{i % 60:02d}", automation=f"a{i % 3}", input_tokens=10, output_tokens=1)
+              for i in range(300)]
+    agg = quiet_rules(aggregator_batch_size=10)  # small prefetch so that both get messages
+    async with aggregator(settings, agg) as first, aggregator(settings, agg) as second, broker(settings) as channel:
+        await publish_usage(channel, names, events + events[:100])  # 100 republished
+        totals = await eventually(
+            lambda: _totals(first), lambda t: t["requests"] >= 300 and _settled(first, second) >= 400
+        )
+        assert (totals["requests"], totals["input_tokens"], totals["output_tokens"]) == (300, 3000, 300)
+        counts = [_counter(a, r) for a in (first, second) for r in ("new", "duplicate")]
+        assert counts[0] + counts[2] == 300  # new, across both
+        assert counts[1] + counts[3] == 100  # duplicates, across both
+        assert counts[0] > 0 and counts[2] > 0, f"one aggregator took everything: {counts}"
+        assert await _totals(second) == totals
+
+
+async def _totals(running: RunningAggregator) -> dict[str, Any]:
+    result = await consumption(running.store, running.prices, "acme")
+    totals: dict[str, Any] = result["totals"]
+    return totals
+
+
+def _counter(running: RunningAggregator, result: str) -> int:
+    return int(running.metrics.usage_events.labels(result=result)._value.get())
+
+
+def _settled(*running: RunningAggregator) -> int:
+    return sum(_counter(a, r) for a in running for r in ("new", "duplicate"))

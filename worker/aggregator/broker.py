@@ -1,0 +1,29 @@
+"""The aggregator's part of the broker topology, declared idempotently with the worker's arguments."""
+
+from __future__ import annotations
+
+from worker.constants import Topology
+from worker.topology import BindingSpec, ExchangeSpec, QueueSpec, TopologySpec
+
+FAILED_RESULTS_BINDING = "*.*.failed"
+QUORUM = {"x-queue-type": "quorum"}
+
+
+def results_queue(names: Topology) -> str:
+    """The aggregator's own queue of failed results (for error bursts)."""
+    return f"{names.prefix}.results.aggregator"
+
+
+def aggregator_topology(names: Topology) -> TopologySpec:
+    return TopologySpec(
+        exchanges=(
+            ExchangeSpec(names.usage_exchange, "topic"),
+            ExchangeSpec(names.results_exchange, "topic"),
+            ExchangeSpec(names.alerts_exchange, "topic"),
+        ),
+        queues=(QueueSpec(names.usage_queue, dict(QUORUM)), QueueSpec(results_queue(names), dict(QUORUM))),
+        bindings=(
+            BindingSpec(names.usage_exchange, names.usage_queue, "#"),
+            BindingSpec(names.results_exchange, results_queue(names), FAILED_RESULTS_BINDING),
+        ),
+    )

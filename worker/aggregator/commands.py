@@ -1,0 +1,147 @@
+"""The CLI verbs of the aggregator: ``byok aggregator`` and ``byok consumption``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import re
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from schemas.models import IDENTIFIER_PATTERN
+from worker.aggregator.consumption import QueryError, consumption, parse_group_by, parse_instant
+from worker.aggregator.db import StoreError
+from worker.aggregator.pricing import load_prices
+from worker.aggregator.store import Store
+from worker.settings import Settings, load_settings
+
+_COLUMNS = (
+    ("requests", "requests"),
+    ("input_tokens", "input"),
+    ("cache_read_tokens", "cache read"),
+    ("cache_write_tokens", "cache write"),
+    ("output_tokens", "output"),
+    ("reasoning_tokens", "reasoning"),
+)
+_KEY_TITLES = {"day": "day", "provider": "provider", "model": "model", "automation_id": "automation"}
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    aggregator = subparsers.add_parser(
+        "aggregator", help="consume usage events into the consumption store, detect anomalies, serve the API"
+    )
+    aggregator.set_defaults(func=run_aggregator_command)
+
+    query = subparsers.add_parser("consumption", help="a workspace's token usage and estimated cost")
+    query.add_argument("workspace", help="workspace id")
+    query.add_argument("--since", help="inclusive start: ISO-8601 with offset (2025-06-01T00:00:00Z) or a date")
+    query.add_argument("--until", help="exclusive end: ISO-8601 with offset or a date")
+    query.add_argument(
+        "--group-by", dest="group_by", help="comma-separated: model, automation, provider, day (default: model)"
+    )
+    query.add_argument("--json", action="store_true", help="print the result as JSON")
+    query.set_defaults(func=consumption_command)
+
+
+def _settings() -> Settings:
+    from worker.logging_setup import configure_logging
+
+    settings = load_settings()
+    configure_logging(settings.log_level, settings.log_format)
+    return settings
+
+
+def run_aggregator_command(_args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from worker.aggregator.service import run_aggregator
+
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(run_aggregator(_settings()))
+    except (StoreError, ValidationError, ValueError, OSError) as exc:  # configuration, price table, store
+        print(f"byok aggregator: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def query_consumption(
+    settings: Settings, workspace: str, since: datetime | None, until: datetime | None, group_by: Sequence[str]
+) -> dict[str, Any]:
+    """The consumption dict, read from ``BYOK_STORE_URL`` without migrating or creating anything."""
+    prices = load_prices(settings.prices_file)
+    store = await Store.open(settings.store_url, migrate_schema=False)
+    try:
+        return await consumption(store, prices, workspace, since, until, group_by)
+    finally:
+        await store.close()
+
+
+def consumption_command(args: argparse.Namespace) -> int:
+    try:
+        if not re.fullmatch(IDENTIFIER_PATTERN, args.workspace):
+            raise QueryError("workspace must match ^[A-Za-z0-9_-]{1,64}$")
+        since, until = parse_instant(args.since, "--since"), parse_instant(args.until, "--until")
+        group_by = parse_group_by(args.group_by)
+        result = asyncio.run(query_consumption(load_settings(), args.workspace, since, until, group_by))
+    except QueryError as exc:
+        print(f"byok consumption: {exc}", file=sys.stderr)
+        return 2
+    except (StoreError, ValueError, OSError) as exc:
+        print(f"byok consumption: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        sys.stdout.buffer.write(orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
+        sys.stdout.flush()
+    else:
+        print(render_table(result))
+    return 0
+
+
+def _cost(values: dict[str, Any]) -> str:
+    cost = values["cost_usd"]
+    if cost is None:
+        return "unpriced"
+    return f"{cost:,.6f}" + ("*" if values["unpriced"] else "")
+
+
+def render_table(result: dict[str, Any]) -> str:
+    """A plain-text table: one line per row, then the totals, then what the costs mean."""
+    rows: list[dict[str, Any]] = result["rows"]
+    keys = [key for key in _KEY_TITLES if any(key in row for row in rows)]
+    header = [_KEY_TITLES[k] for k in keys] + [title for _, title in _COLUMNS] + ["cost (USD)"]
+    lines = [
+        [("-" if row.get(k) is None else str(row[k])) for k in keys]
+        + [f"{row[name]:,}" for name, _ in _COLUMNS] + [_cost(row)]
+        for row in rows
+    ]
+    totals = result["totals"]
+    total_line = (["total"] + [""] * (len(keys) - 1) if keys else []) + [
+        f"{totals[name]:,}" for name, _ in _COLUMNS
+    ] + [_cost(totals)]
+    if not keys:
+        header, total_line = ["", *header], ["total", *total_line]
+    table = [header, *lines, total_line]
+    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
+    text_columns = len(keys) or 1
+
+    def fmt(line: list[str]) -> str:
+        cells = [
+            cell.ljust(width) if i < text_columns else cell.rjust(width)
+            for i, (cell, width) in enumerate(zip(line, widths, strict=True))
+        ]
+        return "  ".join(cells).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    out = [f"workspace {result['workspace_id']}  since {result['since'] or '-'}  until {result['until'] or '-'}",
+           "", fmt(header), rule, *(fmt(line) for line in lines), rule, fmt(total_line), ""]
+    out.append(f"Costs are estimates from price table {result['price_table']} (list prices, USD).")
+    if result["unpriced_models"]:
+        names = ", ".join(f"{m['provider']}/{m['model']}" for m in result["unpriced_models"])
+        out.append(f"No price for: {names} (their usage is counted, not costed; * = partly unpriced).")
+    return "\n".join(out)

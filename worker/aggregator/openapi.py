@@ -1,0 +1,191 @@
+"""The OpenAPI 3.1 document of the aggregator's HTTP API (served at ``/openapi.json``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from worker.aggregator.alerts import Alert, AlertKind
+from worker.aggregator.consumption import GROUPS
+
+_COUNTERS = ("requests", "input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens",
+             "reasoning_tokens", "unreported_requests")
+
+
+def _counter_properties() -> dict[str, Any]:
+    props: dict[str, Any] = {name: {"type": "integer", "minimum": 0} for name in _COUNTERS}
+    props["requests"]["description"] = "usage events: billed provider calls (not jobs)"
+    props["unreported_requests"]["description"] = "calls whose provider response carried no usage"
+    props["cost_usd"] = {
+        "type": ["number", "null"],
+        "description": "estimated USD of the priced usage; null when none of it has a price",
+    }
+    props["unpriced"] = {"type": "boolean", "description": "some usage has no price in the price table"}
+    return props
+
+
+def _instant(name: str, meaning: str) -> dict[str, Any]:
+    return {
+        "name": name, "in": "query", "required": False,
+        "description": f"{meaning}: ISO-8601 with an explicit offset (Z or +00:00), or a date (midnight UTC)",
+        "schema": {"type": "string"},
+    }
+
+
+def _error_response(text: str) -> dict[str, Any]:
+    return {"description": text, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+
+
+def _json_response(text: str, schema: str) -> dict[str, Any]:
+    ref = {"$ref": f"#/components/schemas/{schema}"}
+    return {"description": text, "content": {"application/json": {"schema": ref}}}
+
+
+_WORKSPACE = {
+    "name": "workspace_id", "in": "path", "required": True,
+    "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
+}
+
+
+def _schemas() -> dict[str, Any]:
+    counters = _counter_properties()
+    alert_schema = Alert.model_json_schema(by_alias=True, ref_template="#/components/schemas/{model}")
+    defs = alert_schema.pop("$defs", {})
+    return {
+        **defs,
+        "Totals": {"type": "object", "properties": counters, "required": [*_COUNTERS, "cost_usd", "unpriced"]},
+        "ConsumptionRow": {
+            "type": "object",
+            "description": "the group keys asked for (provider and model together), then the counters",
+            "properties": {
+                "day": {"type": "string", "format": "date"},
+                "provider": {"type": "string"},
+                "model": {"type": "string"},
+                "automation_id": {"type": ["string", "null"]},
+                **counters,
+            },
+            "required": [*_COUNTERS, "cost_usd", "unpriced"],
+        },
+        "Consumption": {
+            "type": "object",
+            "properties": {
+                "workspace_id": {"type": "string"},
+                "since": {"type": ["string", "null"], "format": "date-time"},
+                "until": {"type": ["string", "null"], "format": "date-time"},
+                "group_by": {"type": "array", "items": {"enum": list(GROUPS)}},
+                "totals": {"$ref": "#/components/schemas/Totals"},
+                "rows": {"type": "array", "items": {"$ref": "#/components/schemas/ConsumptionRow"}},
+                "unpriced_models": {
+                    "type": "array",
+                    "items": {"type": "object", "properties": {"provider": {"type": "string"},
+                                                               "model": {"type": "string"}}},
+                },
+                "estimate": {"const": True, "description": "costs are estimates from the price table"},
+                "currency": {"const": "USD"},
+                "price_table": {"type": "string", "description": "version of the price table used"},
+            },
+            "required": ["workspace_id", "totals", "rows", "estimate"],
+        },
+        "Alert": alert_schema,
+        "Anomalies": {
+            "type": "object",
+            "properties": {
+                "workspace_id": {"type": "string"},
+                "anomalies": {"type": "array", "items": {"$ref": "#/components/schemas/Alert"}},
+            },
+            "required": ["workspace_id", "anomalies"],
+        },
+        "Health": {
+            "type": "object",
+            "properties": {
+                "status": {"enum": ["ok", "degraded"]},
+                "broker_connected": {"type": "boolean"},
+                "consuming": {"type": "boolean"},
+                "store": {"enum": ["ok", "unavailable"]},
+            },
+        },
+        "Error": {
+            "type": "object",
+            "properties": {"error": {"type": "string"}, "message": {"type": "string"}},
+            "required": ["error", "message"],
+        },
+    }
+
+
+def openapi_document() -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "byok aggregator API",
+            "version": "1",
+            "description": "Consumption (token counts and estimated cost) and anomalies per workspace.",
+        },
+        "paths": {
+            "/v1/workspaces/{workspace_id}/consumption": {
+                "get": {
+                    "operationId": "getConsumption",
+                    "summary": "Usage and estimated cost of a workspace, grouped",
+                    "parameters": [
+                        _WORKSPACE,
+                        _instant("since", "inclusive start"),
+                        _instant("until", "exclusive end"),
+                        {
+                            "name": "group_by", "in": "query", "required": False,
+                            "description": "comma-separated, any of " + ", ".join(GROUPS)
+                            + " (default: model; model rows also carry the provider)",
+                            "schema": {"type": "string"},
+                        },
+                    ],
+                    "responses": {
+                        "200": _json_response("the consumption", "Consumption"),
+                        "400": _error_response("a bad parameter"),
+                        "503": _error_response("the store is unavailable"),
+                    },
+                }
+            },
+            "/v1/workspaces/{workspace_id}/anomalies": {
+                "get": {
+                    "operationId": "listAnomalies",
+                    "summary": "Alerts raised for a workspace, newest first",
+                    "parameters": [
+                        _WORKSPACE,
+                        _instant("since", "raised at or after"),
+                        _instant("until", "raised before"),
+                        {"name": "kind", "in": "query", "required": False,
+                         "schema": {"enum": [k.value for k in AlertKind]}},
+                        {"name": "limit", "in": "query", "required": False,
+                         "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}},
+                    ],
+                    "responses": {
+                        "200": _json_response("the alerts", "Anomalies"),
+                        "400": _error_response("a bad parameter"),
+                        "503": _error_response("the store is unavailable"),
+                    },
+                }
+            },
+            "/healthz": {
+                "get": {
+                    "operationId": "health",
+                    "summary": "Broker connection, consumers and store",
+                    "responses": {"200": _json_response("healthy", "Health"),
+                                  "503": _json_response("degraded", "Health")},
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "operationId": "metrics",
+                    "summary": "Prometheus metrics",
+                    "responses": {"200": {"description": "Prometheus text format",
+                                          "content": {"text/plain": {"schema": {"type": "string"}}}}},
+                }
+            },
+            "/openapi.json": {
+                "get": {
+                    "operationId": "openapi",
+                    "summary": "This document",
+                    "responses": {"200": {"description": "OpenAPI 3.1",
+                                          "content": {"application/json": {"schema": {"type": "object"}}}}},
+                }
+            },
+        },
+        "components": {"schemas": _schemas()},
+    }

@@ -1,0 +1,87 @@
+"""The aggregator's own settings (``BYOK_*``), next to the shared ``worker.settings.Settings``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import orjson
+from pydantic import Field, PrivateAttr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from schemas.models import ErrorCode
+
+
+class AggregatorSettings(BaseSettings):
+    """Batching, anomaly thresholds and budgets. Every field is read from ``BYOK_<FIELD NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix="BYOK_", extra="ignore")
+
+    aggregator_batch_size: int = Field(default=500, ge=1, le=5000)
+    aggregator_batch_wait_ms: float = Field(default=50.0, ge=0)
+
+    spike_factor: float = Field(default=3.0, gt=1.0, description="hourly value above k x the trailing mean")
+    spike_baseline_hours: int = Field(default=24, ge=1, le=24 * 31)
+    spike_floor_tokens: int = Field(default=100_000, ge=0, description="a token spike needs at least this")
+    spike_floor_cost_usd: float = Field(default=5.0, ge=0, description="a cost spike needs at least this")
+
+    model_allowlist: dict[str, list[str]] | None = Field(
+        default=None,
+        description='JSON {"<workspace>": ["gpt-4o*", "anthropic/claude-*"], "*": [...]}: fnmatch patterns '
+        "on the model name or on provider/model; '*' applies to workspaces not listed",
+    )
+
+    error_burst_codes: Annotated[frozenset[ErrorCode], NoDecode] = frozenset(
+        {ErrorCode.AUTH_FAILED, ErrorCode.QUOTA_EXHAUSTED}
+    )
+    error_burst_threshold: int = Field(default=5, ge=1, description="failed results of one code in the window")
+    error_burst_window_s: int = Field(default=300, ge=1)
+
+    monthly_budget_usd: float | None = Field(default=None, gt=0, description="for workspaces not listed")
+    budgets: dict[str, float] = Field(default_factory=dict, description='JSON {"<workspace>": <USD a month>}')
+    budgets_file: str | None = Field(default=None, description="a JSON file of the same shape as budgets")
+    budget_alert_ratios: Annotated[tuple[float, ...], NoDecode] = (0.8, 1.0)
+
+    alert_claim_s: float = Field(default=30.0, gt=0, description="lease of an alert being published")
+
+    _resolved_budgets: dict[str, float] = PrivateAttr(default_factory=dict)
+
+    def model_post_init(self, _context: object) -> None:
+        budgets: dict[str, float] = {}
+        if self.budgets_file:
+            loaded = orjson.loads(Path(self.budgets_file).read_bytes())
+            if not isinstance(loaded, dict):
+                raise ValueError(f"{self.budgets_file}: expected a JSON object of workspace -> USD")
+            budgets.update({str(k): float(v) for k, v in loaded.items()})
+        budgets.update(self.budgets)
+        self._resolved_budgets = budgets
+
+    @field_validator("error_burst_codes", mode="before")
+    @classmethod
+    def _split_codes(cls, value: object) -> object:
+        if isinstance(value, str):
+            return frozenset(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("budget_alert_ratios", mode="before")
+    @classmethod
+    def _split_ratios(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(sorted(float(part) for part in value.split(",") if part.strip()))
+        return value
+
+    @field_validator("budget_alert_ratios")
+    @classmethod
+    def _positive_ratios(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if any(ratio <= 0 for ratio in value):
+            raise ValueError("budget alert ratios must be positive")
+        return tuple(sorted(set(value)))
+
+    def budget_for(self, workspace_id: str) -> float | None:
+        """The workspace's monthly budget in USD: its own entry (``budgets`` over ``budgets_file``),
+        else ``monthly_budget_usd``, else none."""
+        return self._resolved_budgets.get(workspace_id, self.monthly_budget_usd)
+
+
+def load_aggregator_settings() -> AggregatorSettings:
+    return AggregatorSettings()
