@@ -1,6 +1,10 @@
 """Public message models of byok-worker (DESIGN.md, "Messages")."""
 
 from schemas.models import (
+    ALERT_SCHEMA,
+    Alert,
+    AlertKind,
+    Severity,
     JOB_SCHEMA,
     RESULT_SCHEMA,
     USAGE_SCHEMA,
@@ -19,6 +23,10 @@ from schemas.models import (
 )
 
 __all__ = [
+    "ALERT_SCHEMA",
+    "Alert",
+    "AlertKind",
+    "Severity",
     "JOB_SCHEMA",
     "RESULT_SCHEMA",
     "USAGE_SCHEMA",

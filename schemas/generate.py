@@ -8,13 +8,14 @@ from pathlib import Path
 import orjson
 from pydantic import BaseModel
 
-from schemas.models import CompletionJob, CompletionResult, UsageEvent
+from schemas.models import Alert, CompletionJob, CompletionResult, UsageEvent
 
 SCHEMA_DIR = Path(__file__).parent / "json"
 MODELS: dict[str, type[BaseModel]] = {
     "completion_job.v1.schema.json": CompletionJob,
     "completion_result.v1.schema.json": CompletionResult,
     "usage_event.v1.schema.json": UsageEvent,
+    "alert.v1.schema.json": Alert,
 }
 
 

@@ -1,4 +1,4 @@
-"""The public message contract (DESIGN.md, "Messages"): jobs in, results and usage events out.
+"""The public message contract (DESIGN.md, "Messages"): jobs in; results, usage events and alerts out.
 
 JSON Schema files in ``schemas/json/`` are generated from these models (``python -m schemas.generate``)
 and checked in; a test fails when they are stale.
@@ -6,6 +6,7 @@ and checked in; a test fails when they are stale.
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Final, Literal
@@ -25,6 +26,7 @@ from pydantic import (
 JOB_SCHEMA: Final = "byok.completion_job.v1"
 RESULT_SCHEMA: Final = "byok.completion_result.v1"
 USAGE_SCHEMA: Final = "byok.usage_event.v1"
+ALERT_SCHEMA: Final = "byok.alert.v1"
 
 MAX_JOB_BYTES = 1024 * 1024
 MAX_METADATA_BYTES = 16 * 1024
@@ -201,3 +203,43 @@ class UsageEvent(TokenCounts):
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+class AlertKind(StrEnum):
+    SPIKE = "spike"
+    UNEXPECTED_MODEL = "unexpected_model"
+    ERROR_BURST = "error_burst"
+    BUDGET = "budget"
+
+
+class Severity(StrEnum):
+    WARNING = "warning"
+    CRITICAL = "critical"
+
+
+class Alert(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    schema_: Literal["byok.alert.v1"] = Field(default=ALERT_SCHEMA, alias="schema")
+    alert_id: str = Field(default_factory=lambda: str(uuid.uuid4()))
+    dedupe_key: str
+    workspace_id: Identifier
+    kind: AlertKind
+    severity: Severity
+    message: str
+    window_start: UtcDatetime
+    window_end: UtcDatetime
+    created_at: UtcDatetime = Field(default_factory=utc_now)
+    details: dict[str, Any] = Field(
+        default_factory=dict, description="the numbers that triggered the alert, and the thresholds"
+    )
+
+    @property
+    def routing_key(self) -> str:
+        return f"{self.workspace_id}.{self.kind.value}"
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.model_dump(mode="json", by_alias=True))
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True)

@@ -58,6 +58,11 @@ class Topology:
         return f"{self.prefix}.usage.aggregator"
 
     @property
+    def results_aggregator_queue(self) -> str:
+        """Failed results for the aggregator's error-burst rule (bound with ``*.*.failed``)."""
+        return f"{self.prefix}.results.aggregator"
+
+    @property
     def alerts_exchange(self) -> str:
         return f"{self.prefix}.alerts"
 

@@ -89,15 +89,14 @@ def rabbitmq() -> Iterator[bool]:
     yield True
 
 
-def wait_until_ready(listen: str, timeout_s: float = 60.0) -> None:
-    url = f"http://{listen}/readyz"
+def wait_until_ready(url: str, what: str, timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         with contextlib.suppress(httpx.HTTPError):
             if httpx.get(url, timeout=1.0).status_code == 200:
                 return
         time.sleep(0.2)
-    raise RuntimeError(f"the worker was not ready after {timeout_s}s (see {DEMO_DIR}/worker.log)")
+    raise RuntimeError(f"the {what} was not ready after {timeout_s}s (see {DEMO_DIR}/{what}.log)")
 
 
 def wait_for_consumption(stack: Stack, expected_requests: int, timeout_s: float = 30.0) -> dict[str, object]:
@@ -156,7 +155,8 @@ def drive(stack: Stack, real_key: str | None, sim_port: int) -> int:
     say("starting a worker and the aggregator")
     stack.spawn("worker", "worker")
     stack.spawn("aggregator", "aggregator")
-    wait_until_ready(stack.env["BYOK_METRICS_LISTEN"])
+    wait_until_ready(f"http://{stack.env['BYOK_METRICS_LISTEN']}/readyz", "worker")
+    wait_until_ready(f"http://{stack.env['BYOK_API_LISTEN']}/healthz", "aggregator")
 
     say(f"byok keys create {WORKSPACE}")
     print(stack.byok("keys", "create", WORKSPACE).strip() or "created")

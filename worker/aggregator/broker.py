@@ -9,11 +9,6 @@ FAILED_RESULTS_BINDING = "*.*.failed"
 QUORUM = {"x-queue-type": "quorum"}
 
 
-def results_queue(names: Topology) -> str:
-    """The aggregator's own queue of failed results (for error bursts)."""
-    return f"{names.prefix}.results.aggregator"
-
-
 def aggregator_topology(names: Topology) -> TopologySpec:
     return TopologySpec(
         exchanges=(
@@ -21,9 +16,9 @@ def aggregator_topology(names: Topology) -> TopologySpec:
             ExchangeSpec(names.results_exchange, "topic"),
             ExchangeSpec(names.alerts_exchange, "topic"),
         ),
-        queues=(QueueSpec(names.usage_queue, dict(QUORUM)), QueueSpec(results_queue(names), dict(QUORUM))),
+        queues=(QueueSpec(names.usage_queue, dict(QUORUM)), QueueSpec(names.results_aggregator_queue, dict(QUORUM))),
         bindings=(
             BindingSpec(names.usage_exchange, names.usage_queue, "#"),
-            BindingSpec(names.results_exchange, results_queue(names), FAILED_RESULTS_BINDING),
+            BindingSpec(names.results_exchange, names.results_aggregator_queue, FAILED_RESULTS_BINDING),
         ),
     )

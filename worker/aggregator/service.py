@@ -16,7 +16,7 @@ from aio_pika.abc import AbstractRobustConnection
 
 from worker.aggregator.anomalies import AnomalyRules
 from worker.aggregator.api import AggregatorApi, ApiServer, ApiState
-from worker.aggregator.broker import aggregator_topology, results_queue
+from worker.aggregator.broker import aggregator_topology
 from worker.aggregator.consumer import BatchConsumer, Handler, Parser
 from worker.aggregator.detector import AnomalyDetector
 from worker.aggregator.handlers import BatchHandlers
@@ -98,7 +98,7 @@ async def run_aggregator(
         handlers = BatchHandlers(store, detector, metrics, publisher.kick)
         consumers = (
             await _consumer(connection, "usage", names.usage_queue, parse_usage, handlers.usage, metrics, agg),
-            await _consumer(connection, "results", results_queue(names), parse_failed_result,
+            await _consumer(connection, "results", names.results_aggregator_queue, parse_failed_result,
                             handlers.failures, metrics, agg),
         )
         api = ApiServer(settings.api_listen, AggregatorApi(

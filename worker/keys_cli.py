@@ -1,0 +1,269 @@
+"""``byok keys …``: workspace keys and sealing, as the admin identity (BYOK_VAULT_ADDR, BYOK_VAULT_TOKEN).
+
+    byok keys create  <workspace>
+    byok keys seal    <workspace> --provider P [--base-url U]   < key      (or a hidden prompt on a TTY)
+    byok keys rotate  <workspace>
+    byok keys rewrap  <workspace> --provider P [--base-url U]   < sealed keys, one per line
+    byok keys retire  <workspace> [--before-version N]
+    byok keys status  <workspace> [--json]
+
+A provider key is read from stdin or a hidden prompt, never from argv, and no command shows one.
+Exit codes: 0 done, 1 Vault refused or failed, 2 wrong usage or input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, TextIO
+
+from pydantic import SecretStr, ValidationError
+
+from schemas.models import Provider
+from worker.endpoint import Endpoint, EndpointError, check_destination
+from worker.keys import KeyAdmin, KeyAdminError, KeyStatus, KeyUsageError
+from worker.settings import Settings
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    keys = subparsers.add_parser(
+        "keys",
+        help="workspace transit keys: create, seal, rotate, rewrap, retire, status",
+        description="Workspace keys and sealing with the admin identity (BYOK_VAULT_ADDR, BYOK_VAULT_TOKEN). "
+                    "A provider key is read from stdin or a hidden prompt, never from the command line.",
+    )
+    commands = keys.add_subparsers(dest="keys_command", required=True, metavar="KEYS_COMMAND",
+                                   parser_class=_NoEchoParser)
+
+    create = commands.add_parser("create", help="create the workspace's transit key (idempotent)")
+    _workspace(create)
+    create.set_defaults(func=_create)
+
+    seal = commands.add_parser(
+        "seal", help="seal a provider key (stdin, or a hidden prompt) and print its vault:vN:… string",
+        description="Reads the provider key from stdin (one trailing newline is stripped) or, on a terminal, "
+                    "from a hidden prompt. Prints exactly one line: the sealed key.",
+    )
+    _workspace(seal)
+    _endpoint(seal)
+    seal.set_defaults(func=_seal)
+
+    rotate = commands.add_parser("rotate", help="new key version; keys sealed earlier keep opening")
+    _workspace(rotate)
+    rotate.set_defaults(func=_rotate)
+
+    rewrap = commands.add_parser(
+        "rewrap", help="sealed keys on stdin (one per line) to the latest key version on stdout",
+        description="Rewraps inside Vault (the plaintext never leaves it). Every line must be sealed for the "
+                    "given endpoint: the binding is needed to open it. All lines or none: on any failure "
+                    "nothing is printed.",
+    )
+    _workspace(rewrap)
+    _endpoint(rewrap)
+    rewrap.set_defaults(func=_rewrap)
+
+    retire = commands.add_parser("retire", help="raise min_decryption_version: older sealed keys stop opening")
+    _workspace(retire)
+    retire.add_argument("--before-version", type=int, metavar="N",
+                        help="retire versions below N (default: the latest version)")
+    retire.set_defaults(func=_retire)
+
+    status = commands.add_parser("status", help="key versions and retirement (never key material)")
+    _workspace(status)
+    status.add_argument("--json", action="store_true", help="print JSON")
+    status.set_defaults(func=_status)
+
+
+class _NoEchoParser(argparse.ArgumentParser):
+    """Refuses leftover arguments without echoing them (argparse's own error would): one may be a key."""
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"{len(extras)} unexpected argument(s), not shown: a provider key is never taken from "
+                       "the command line (pipe it on stdin or type it at the prompt, and clear it from your "
+                       "shell history)")
+        return parsed, extras
+
+
+def _workspace(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("workspace_id", metavar="WORKSPACE")
+
+
+def _endpoint(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--provider", required=True, choices=[p.value for p in Provider])
+    parser.add_argument("--base-url", help="the provider's default when left out")
+
+
+# -- commands -------------------------------------------------------------------------------------------
+
+
+def _create(args: argparse.Namespace) -> int:
+    def run(admin: KeyAdmin) -> int:
+        created, status = admin.create(args.workspace_id)
+        state = "created" if created else "already exists, nothing changed"
+        _say(args, f"{status.name} {state} ({status.type}, derived, not exportable, latest version "
+                   f"{status.latest_version})")
+        return 0
+
+    return _run(args, run)
+
+
+def _seal(args: argparse.Namespace) -> int:
+    def run(admin: KeyAdmin) -> int:
+        endpoint = _resolve_endpoint(args, carries_key=True)
+        admin.status(args.workspace_id)  # a missing key is reported before anyone types a secret
+        provider_key = read_provider_key(
+            sys.stdin, prompt=f"{endpoint.provider.value} key for workspace {args.workspace_id} (hidden): "
+        )
+        sealed = admin.seal(args.workspace_id, endpoint, provider_key)
+        sys.stdout.write(sealed + "\n")
+        return 0
+
+    return _run(args, run)
+
+
+def _rotate(args: argparse.Namespace) -> int:
+    def run(admin: KeyAdmin) -> int:
+        status = admin.rotate(args.workspace_id)
+        _say(args, f"{status.name} rotated: new seals use version {status.latest_version}; keys sealed with "
+                   f"versions {status.min_decryption_version}..{status.latest_version - 1} still open "
+                   "(rewrap them, then retire)")
+        return 0
+
+    return _run(args, run)
+
+
+def _rewrap(args: argparse.Namespace) -> int:
+    def run(admin: KeyAdmin) -> int:
+        endpoint = _resolve_endpoint(args, carries_key=False)
+        lines = [line.strip() for line in sys.stdin.read().splitlines()]
+        sealed = [line for line in lines if line]
+        if not sealed:
+            raise KeyUsageError("no sealed keys on stdin (one vault:vN:… string per line)")
+        rewrapped = admin.rewrap(args.workspace_id, endpoint, sealed)
+        sys.stdout.write("".join(line + "\n" for line in rewrapped))
+        _say(args, f"{len(rewrapped)} sealed key(s) rewrapped")
+        return 0
+
+    return _run(args, run)
+
+
+def _retire(args: argparse.Namespace) -> int:
+    def run(admin: KeyAdmin) -> int:
+        previous, status = admin.retire(args.workspace_id, args.before_version)
+        if previous == status.min_decryption_version:
+            _say(args, f"{status.name}: versions before {previous} were already retired, nothing changed")
+        else:
+            _say(args, f"{status.name}: versions before {status.min_decryption_version} retired (was "
+                       f"{previous}); keys sealed with them now fail with key_unavailable")
+        return 0
+
+    return _run(args, run)
+
+
+def _status(args: argparse.Namespace) -> int:
+    def run(admin: KeyAdmin) -> int:
+        status = admin.status(args.workspace_id)
+        if args.json:
+            sys.stdout.write(json.dumps(status.to_json(), indent=2) + "\n")
+        else:
+            sys.stdout.write(format_status(status))
+        return 0
+
+    return _run(args, run)
+
+
+def format_status(status: KeyStatus) -> str:
+    flags = [
+        "derived" if status.derived else "NOT derived",
+        "exportable" if status.exportable else "not exportable",
+        "plaintext backup allowed" if status.allow_plaintext_backup else "no plaintext backup",
+        "deletion allowed" if status.deletion_allowed else "deletion not allowed",
+    ]
+    lines = [
+        f"key                     {status.name}",
+        f"type                    {status.type} ({', '.join(flags)})",
+        f"latest_version          {status.latest_version}",
+        f"min_decryption_version  {status.min_decryption_version}",
+        "versions that decrypt:",
+        *(f"  v{v.version:<4} created {v.created_at.isoformat().replace('+00:00', 'Z')}" for v in status.versions),
+    ]
+    problems = status.problems()
+    if problems:
+        lines.append(f"WARNING: this key cannot hold sealed keys: {'; '.join(problems)}")
+    return "\n".join(lines) + "\n"
+
+
+# -- plumbing -------------------------------------------------------------------------------------------
+
+
+def read_provider_key(stream: TextIO | None, *, prompt: str) -> SecretStr:
+    """The key from a hidden prompt on a terminal, else all of stdin minus exactly one trailing newline."""
+    if stream is None:
+        raise KeyUsageError("no stdin to read the provider key from")
+    if stream.isatty():
+        return SecretStr(getpass.getpass(prompt))
+    buffer = getattr(stream, "buffer", None)
+    raw: Any = buffer.read() if buffer is not None else stream.read()
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise KeyUsageError("the provider key on stdin is not UTF-8 text") from None
+    text = str(raw)
+    if text.endswith("\r\n"):
+        text = text[:-2]
+    elif text.endswith("\n"):
+        text = text[:-1]
+    return SecretStr(text)
+
+
+def _resolve_endpoint(args: argparse.Namespace, *, carries_key: bool) -> Endpoint:
+    try:
+        endpoint = Endpoint.resolve(Provider(args.provider), args.base_url)
+        check_destination(endpoint, None, carries_key=carries_key)
+    except EndpointError as exc:
+        raise KeyUsageError(f"--base-url: {exc}") from None
+    return endpoint
+
+
+def _say(args: argparse.Namespace, message: str) -> None:
+    print(f"byok keys {args.keys_command}: {message}", file=sys.stderr)
+
+
+def _run(args: argparse.Namespace, body: Callable[[KeyAdmin], int]) -> int:
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        fields = ", ".join(".".join(str(p) for p in err["loc"]) for err in exc.errors())
+        _say(args, f"invalid BYOK_* settings: {fields}")
+        return 2
+    try:
+        return body(KeyAdmin.from_settings(settings))
+    except KeyAdminError as exc:
+        _say(args, str(exc))
+        return exc.exit_code
+    except KeyboardInterrupt:
+        _say(args, "interrupted: nothing was sealed")
+        return 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m worker.keys_cli keys …``: the same commands without the rest of ``byok``."""
+    parser = argparse.ArgumentParser(prog="byok")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
