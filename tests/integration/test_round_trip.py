@@ -25,8 +25,18 @@ async def test_job_round_trip_matches_what_the_simulator_served(
     model = {"provider": "openai", "name": "gpt-4o-mini", "base_url": base_url, "sealed_key": sealed}
     body = job_body("job-1", "ws-round", model, content="the quick brown fox", automation_id="auto-1",
                     metadata={"ticket": 42}, tags={"run": "r1"})
-    await publish_jobs(settings, [body], reply_to=tap.reply_queue)
-    await tap.wait_for(lambda: len(tap.results) == 1 and len(tap.usage) == 1 and len(tap.replies) == 1)
+    with structlog.testing.capture_logs() as logs:
+        await publish_jobs(settings, [body], reply_to=tap.reply_queue)
+        await tap.wait_for(lambda: len(tap.results) == 1 and len(tap.usage) == 1 and len(tap.replies) == 1)
+    outcome_lines = [e for e in logs if e["event"] == "job.finished"]
+    assert len(outcome_lines) == 1, "one log event per job outcome"
+    line = outcome_lines[0]
+    assert {k: line[k] for k in ("job_id", "workspace_id", "provider", "model", "status", "attempts")} == {
+        "job_id": "job-1", "workspace_id": "ws-round", "provider": "openai", "model": "gpt-4o-mini",
+        "status": "succeeded", "attempts": 1}
+    assert line["latency_ms"] > 0
+    assert line["input_tokens"] > 0
+    assert line["output_tokens"] > 0
 
     captured = tap.results[0]
     result = CompletionResult.model_validate_json(captured.body)
