@@ -86,9 +86,11 @@ async def scan(
     found: list[tuple[DeadLetterView, AbstractIncomingMessage]] = []
     async with connection:
         channel = await connection.channel(publisher_confirms=True)
-        queue = await channel.get_queue(names.dead_letter_queue)
+        queue = await channel.declare_queue(names.dead_letter_queue, passive=True)
         jobs = await channel.get_exchange(names.jobs_exchange)
-        for _ in range(scan_max):
+        # Only what was there when the scan began: a replayed job that fails again must not be replayed twice.
+        present = queue.declaration_result.message_count or 0
+        for _ in range(min(present, scan_max)):
             if len(found) >= limit:
                 break
             message = await queue.get(no_ack=False, fail=False)

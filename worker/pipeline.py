@@ -208,7 +208,7 @@ class JobRunner:
                     attempts += 1
                 failure.attempts = attempts
                 if failure.code is ErrorCode.AUTH_FAILED and job.model.sealed_key:
-                    self._cache.evict(job.workspace_id, job.model.sealed_key)
+                    self._cache.evict(binding_b64(job.workspace_id, endpoint), job.model.sealed_key)
                 raise
             attempts += 1
             return self._succeeded(job, reply, attempts, started, call_started)
@@ -218,11 +218,12 @@ class JobRunner:
         if sealed is None:
             raise InvalidJob(f"provider {job.model.provider.value} needs a sealed_key")
         before = self._cache.misses
+        binding = binding_b64(job.workspace_id, endpoint)
         try:
+            # Cached per binding (workspace + provider + base URL), never per workspace alone: a key unsealed
+            # for its own endpoint must not serve a job that pairs the same sealed key with another endpoint.
             return await self._cache.get(
-                job.workspace_id,
-                sealed,
-                lambda: self._decryptor.decrypt(job.workspace_id, sealed, binding_b64(job.workspace_id, endpoint)),
+                binding, sealed, lambda: self._decryptor.decrypt(job.workspace_id, sealed, binding)
             )
         except RetryableFailure as failure:
             failure.billed_call = False

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aio_pika
+import aiormq
 import structlog
 from aio_pika.abc import AbstractConnection, AbstractQueue
 
@@ -33,6 +34,14 @@ from worker.vault import TransitDecryptor
 from worker.vault_auth import make_token_source
 
 log = structlog.get_logger("byok.worker")
+
+
+_FATAL = (
+    aio_pika.exceptions.ChannelPreconditionFailed,
+    aiormq.exceptions.ChannelAccessRefused,
+    aio_pika.exceptions.AuthenticationError,
+    aio_pika.exceptions.ProbableAuthenticationError,
+)
 
 
 class BrokerUnavailable(RuntimeError):
@@ -99,6 +108,9 @@ class Worker:
         while not stop.is_set():
             try:
                 lost = await self._connect(runner, consumer)
+            except _FATAL as exc:
+                # Waiting will not fix a topology that disagrees with ours or credentials the broker refuses.
+                raise BrokerUnavailable(f"the broker refused the worker: {type(exc).__name__}: {exc}") from None
             except (aio_pika.exceptions.AMQPError, OSError, TimeoutError) as exc:
                 down_since = down_since or time.monotonic()
                 down_for = time.monotonic() - down_since
