@@ -31,5 +31,13 @@ bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	LITELLM_LOCAL_MODEL_COST_MAP=True $(BIN)/python -m tests.bench.run
 
+check-deploy: $(STAMP)
+	$(BIN)/python deploy/rabbitmq/render_definitions.py --check deploy/rabbitmq/definitions.json
+	$(BIN)/hadolint deploy/Dockerfile
+	$(BIN)/shellcheck --shell=sh deploy/vault/setup.sh
+	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec deploy/compose.yaml
+	$(BIN)/kubectl kustomize deploy/k8s/overlays/production > /dev/null
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/deploy
+
 clean:
 	rm -rf $(VENV) .demo .mypy_cache .ruff_cache .pytest_cache
