@@ -1,0 +1,61 @@
+"""Liveness, readiness and metrics follow the broker connection; a broker that stays away ends the process."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+import pytest
+
+from tests.faults import TcpProxy
+from tests.processes import start_worker
+from worker.settings import Settings
+
+
+def via(proxy: TcpProxy, settings: Settings) -> str:
+    parts = urlsplit(settings.amqp_url.get_secret_value())
+    return urlunsplit(parts._replace(netloc=f"guest:guest@127.0.0.1:{proxy.port}"))
+
+
+@pytest.mark.timeout(60)
+async def test_readiness_follows_the_broker_and_the_worker_exits_1_when_it_stays_away(settings: Settings) -> None:
+    parts = urlsplit(settings.amqp_url.get_secret_value())
+    proxy = TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5672)
+    await proxy.start()
+    worker = await asyncio.to_thread(start_worker, settings, BYOK_AMQP_URL=via(proxy, settings),
+                                     BYOK_RECONNECT_MAX_S="3")
+    base = f"http://127.0.0.1:{worker.health_port}"
+    try:
+        async with httpx.AsyncClient(base_url=base, timeout=2) as http:
+            ready = await http.get("/readyz")
+            assert ready.status_code == 200
+            assert ready.json() == {"broker_connected": True, "consuming": True}
+            assert (await http.get("/livez")).status_code == 200
+            metrics = (await http.get("/metrics")).text
+            assert "byok_jobs_in_flight 0.0" in metrics
+            assert "byok_unseal_cache_lookups" in metrics
+
+            await proxy.stop()  # the broker is gone: nothing listens any more
+            lost_at = time.monotonic()
+            deadline = lost_at + 10
+            while True:
+                try:
+                    ready = await http.get("/readyz")
+                except httpx.HTTPError:
+                    break  # the process already exited
+                if ready.status_code == 503:
+                    assert ready.json()["consuming"] is False
+                    break
+                assert time.monotonic() < deadline, "readiness never reported the lost broker"
+                await asyncio.sleep(0.05)
+        code = await asyncio.to_thread(worker.wait, 30)
+        took = time.monotonic() - lost_at
+    finally:
+        worker.stop()
+    log = worker.log()
+    assert code == 1, log[-2000:]
+    assert "broker.unreachable" in log
+    assert "the broker has been unreachable" in log
+    print(f"\n[health] ready=200 → broker lost → 503, exit status {code} after {took:.1f}s (BYOK_RECONNECT_MAX_S=3)")
