@@ -22,9 +22,13 @@ class UnsealCache:
         self.hits = 0
         self.misses = 0
 
-    async def get(self, workspace_id: str, sealed: str, load: Loader) -> SecretStr:
-        """The cached key, or the result of ``load()``; concurrent callers share one load."""
-        cache_key = (workspace_id, sealed)
+    async def get(self, scope: str, sealed: str, load: Loader) -> SecretStr:
+        """The cached key, or the result of ``load()``; concurrent callers share one load.
+
+        ``scope`` is the endpoint binding (workspace + provider + base URL): a key opened for one endpoint
+        is never served to a job that pairs the same sealed string with another.
+        """
+        cache_key = (scope, sealed)
         entry = self._entries.get(cache_key)
         if entry is not None:
             expires_at, value = entry
@@ -63,9 +67,9 @@ class UnsealCache:
         while len(self._entries) > self._max_entries:
             self._entries.popitem(last=False)
 
-    def evict(self, workspace_id: str, sealed: str) -> None:
+    def evict(self, scope: str, sealed: str) -> None:
         """A provider said 401: this key is no longer good, unseal afresh next time."""
-        self._entries.pop((workspace_id, sealed), None)
+        self._entries.pop((scope, sealed), None)
 
     def clear(self) -> None:
         self._entries.clear()
