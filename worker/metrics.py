@@ -33,12 +33,26 @@ class WorkerMetrics:
             "byok_vault_call_seconds", "Vault transit call latency", ["outcome"], buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self._jobs: dict[tuple[str, str], Counter] = {}
+        self._provider: dict[str, Histogram] = {}
+        self._vault: dict[str, Histogram] = {}
+        self._unseal: dict[bool, Counter] = {}
+
+    # Each labelled child is looked up once: ``labels()`` costs more than the increment itself, and
+    # every label set is a closed one (see the module docstring).
 
     def finished(self, status: str, error_code: str | None) -> None:
-        self.jobs.labels(status=status, error_code=error_code or "").inc()
+        key = (status, error_code or "")
+        child = self._jobs.get(key)
+        if child is None:
+            child = self._jobs[key] = self.jobs.labels(status=key[0], error_code=key[1])
+        child.inc()
 
     def provider_call(self, provider: str, seconds: float) -> None:
-        self.provider_latency.labels(provider=provider).observe(seconds)
+        child = self._provider.get(provider)
+        if child is None:
+            child = self._provider[provider] = self.provider_latency.labels(provider=provider)
+        child.observe(seconds)
 
     def retry(self, provider: str, error_code: str) -> None:
         self.retries.labels(provider=provider, error_code=error_code).inc()
@@ -47,10 +61,16 @@ class WorkerMetrics:
         self.dead_letters.labels(error_code=error_code).inc()
 
     def unseal(self, *, hit: bool) -> None:
-        self.unseal_cache.labels(result="hit" if hit else "miss").inc()
+        child = self._unseal.get(hit)
+        if child is None:
+            child = self._unseal[hit] = self.unseal_cache.labels(result="hit" if hit else "miss")
+        child.inc()
 
     def vault_call(self, seconds: float, outcome: str) -> None:
-        self.vault_latency.labels(outcome=outcome).observe(seconds)
+        child = self._vault.get(outcome)
+        if child is None:
+            child = self._vault[outcome] = self.vault_latency.labels(outcome=outcome)
+        child.observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

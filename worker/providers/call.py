@@ -8,19 +8,22 @@ import orjson
 from schemas.models import CompletionJob, ErrorCode
 from worker.endpoint import Endpoint
 from worker.errors import JobFailure, RetryableFailure
+from worker.http_pool import ProviderClient, ProviderResponse
 from worker.providers.base import ProviderAdapter, ProviderReply
 from worker.redaction import REDACTED
 
 
 async def call_provider(
-    client: httpx.AsyncClient,
+    client: ProviderClient,
     adapter: ProviderAdapter,
     job: CompletionJob,
     endpoint: Endpoint,
     api_key: str | None,
 ) -> ProviderReply:
     request = adapter.build_request(job, endpoint, api_key)
+    response: httpx.Response | ProviderResponse
     try:
+        # ``AiohttpOrigin.post`` takes the same arguments as ``httpx.AsyncClient.post`` (see worker.http_pool).
         response = await client.post(
             endpoint.base_url + request.path, content=orjson.dumps(request.body), headers=request.headers
         )
