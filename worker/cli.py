@@ -8,7 +8,7 @@ import contextlib
 import sys
 from collections.abc import Sequence
 
-from worker import __version__, dlq
+from worker import __version__, dlq, event_loop
 from worker.aggregator import commands as aggregator_commands
 from worker.keys_cli import register as register_keys
 from worker.logging_setup import configure_logging
@@ -26,8 +26,9 @@ def _run_worker(_args: argparse.Namespace) -> int:
     from worker.service import BrokerUnavailable, Worker
     from worker.vault_auth import VaultAuthError
 
+    settings = _settings()
     try:
-        asyncio.run(Worker(_settings()).run())
+        event_loop.run(Worker(settings).run(), settings.event_loop)
     except (BrokerUnavailable, VaultAuthError) as exc:
         print(f"byok worker: {exc}", file=sys.stderr)
         return 1

@@ -3,7 +3,7 @@
 httpx's own pool stalls with hundreds of slow requests in flight (encode/httpx#3215), so requests go
 through aiohttp. In production a provider call goes to an ``AiohttpOrigin`` that does exactly what an
 ``httpx.AsyncClient`` over ``httpx_aiohttp.AiohttpTransport`` did (same headers, URL, timeouts, pool,
-cookies, redirects, decoding and exception mapping; ``python -m tests.bench.equivalence`` compares the
+cookies, redirects, decoding and exception mapping; ``python -m tests.equivalence`` compares the
 two) without httpx's request/response machinery, which cost three times the CPU of the aiohttp call
 itself (BENCHMARKS.md). Tests hand in a transport factory (an ``httpx.MockTransport``…) and get a real
 ``httpx.AsyncClient`` over it instead.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -58,6 +58,7 @@ class Settings(BaseSettings):
         default=60.0, gt=0, description="exit with status 1 when the broker stays unreachable this long"
     )
     shutdown_grace_s: float = Field(default=30.0, ge=0)
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
     log_level: str = "info"
     log_format: str = Field(default="json", pattern=r"^(json|console)$")
     metrics_listen: str = "127.0.0.1:9464"

@@ -1,4 +1,5 @@
-"""Proof that issue 7's fast paths behave like the code they replaced: ``python -m tests.bench.equivalence``.
+"""Proof that the worker's fast paths behave like the code they replaced: ``python -m tests.equivalence``,
+and in ``make test`` through tests/integration/test_fast_paths.py.
 
 1. Provider calls: ``worker.http_pool.AiohttpOrigin`` against ``httpx.AsyncClient`` over
    ``httpx_aiohttp.AiohttpTransport`` (the old path), on a local server: what the server sees (method,
