@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import ipaddress
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
@@ -54,7 +55,7 @@ class Endpoint:
 
     @classmethod
     def resolve(cls, provider: Provider, base_url: str | None) -> Endpoint:
-        return cls(provider, normalize_base_url(base_url or DEFAULT_BASE_URLS[provider]))
+        return _resolve(provider, base_url)
 
     @property
     def host(self) -> str:
@@ -73,6 +74,12 @@ class Endpoint:
             return ipaddress.ip_address(host).is_loopback
         except ValueError:
             return False
+
+
+@functools.lru_cache(maxsize=1024)
+def _resolve(provider: Provider, base_url: str | None) -> Endpoint:
+    # Jobs name the same few endpoints over and over; a refused URL raises and is not cached.
+    return Endpoint(provider, normalize_base_url(base_url or DEFAULT_BASE_URLS[provider]))
 
 
 def binding(workspace_id: str, endpoint: Endpoint) -> bytes:

@@ -36,6 +36,10 @@ _QUERY_SECRETS = re.compile(
     r"[^&#\s\"']+"
 )
 
+# Every match of the three patterns above contains one of these: text without any is returned as it is,
+# after one scan instead of three (most log values are ids, names and numbers).
+_MAY_HOLD_SECRET = re.compile(r"(?i)sk-|[sbr]\.|eyj|bearer|basic|authorization|api-key|x-vault-token|cookie|[?&]")
+
 _SENSITIVE_FIELDS = frozenset({
     "authorization", "proxy_authorization", "x_api_key", "api_key", "apikey", "x_goog_api_key",
     "x_vault_token", "token", "client_token", "secret", "secret_id", "client_secret", "plaintext",
@@ -56,6 +60,13 @@ def is_sensitive_name(name: object) -> bool:
 
 
 def redact_text(text: str) -> str:
+    if _MAY_HOLD_SECRET.search(text) is None:
+        return text
+    return scrub_text(text)
+
+
+def scrub_text(text: str) -> str:
+    """Every pattern applied to ``text`` (``redact_text`` skips text that cannot match any)."""
     text = _HEADER_VALUES.sub(rf"\1{REDACTED}", text)
     text = _KEY_PATTERNS.sub(REDACTED, text)
     return _QUERY_SECRETS.sub(rf"\1{REDACTED}", text)

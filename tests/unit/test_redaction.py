@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import SecretStr
 
-from worker.redaction import REDACTED, is_sensitive_name, redact_event, redact_text
+from worker.redaction import REDACTED, is_sensitive_name, redact_event, redact_text, scrub_text
 
 OPENAI = "sk-proj-Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXy4z"
 ANTHROPIC = "sk-ant-api03-Zx9yW8vU7tS6rQ5pO4nM3lK2jI1hG0fE-AbCdEf"
@@ -164,3 +164,14 @@ def test_a_structlog_json_pipeline_never_prints_a_key() -> None:
     lines = [json.loads(line) for line in text.splitlines()]
     assert lines[0]["event"] == "provider call"
     assert "ValueError: bad key" in lines[1]["exception"]
+
+
+_FRAGMENTS = [OPENAI, ANTHROPIC, MISTRAL, OPENBAO_TOKEN, JWT, "hvs.CAESIAbCdEfGhIjKlMnOp12345", "Bearer ", "BASIC ",
+              "Authorization", "x-api-key", "X-Goog-Api-Key", "x-vault-token", "Cookie", "api_key=", "?key=",
+              "&token=", ": ", "=", "'", '"', " ", "job-17", "ws_a", "gpt-4o-mini", "s.", "b.", "r.", "eyJ", "sk-"]
+
+
+@given(st.lists(st.one_of(st.sampled_from(_FRAGMENTS), st.text(max_size=12)), max_size=12))
+def test_the_quick_path_changes_nothing(parts: list[str]) -> None:
+    text = "".join(parts)
+    assert redact_text(text) == scrub_text(text)
