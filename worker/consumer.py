@@ -19,6 +19,8 @@ import aiormq
 import orjson
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, DeliveryMode
+from aio_pika.message import IncomingMessage
+from aiormq.abc import DeliveredMessage
 
 from worker.constants import (
     CONTENT_TYPE,
@@ -130,13 +132,19 @@ class JobConsumer:
         self.idle = asyncio.Event()
         self.idle.set()
 
-    async def on_message(self, message: AbstractIncomingMessage) -> None:
+    async def on_delivery(self, delivered: DeliveredMessage) -> None:
+        """aiormq's consumer callback: the job runs in a task of its own, tracked in ``in_flight``.
+
+        It returns at once, so aiormq's delivery task (cancelled when the channel closes) never holds a
+        job, and no further task or shield is needed per message as with aio-pika's ``Queue.consume``.
+        """
+        self.on_message(IncomingMessage(delivered, no_ack=False))
+
+    def on_message(self, message: AbstractIncomingMessage) -> None:
         task = asyncio.create_task(self._handle(message))
         self.in_flight.add(task)
         self.idle.clear()
         task.add_done_callback(self._done)
-        # aiormq cancels its delivery task when the channel closes; the job itself carries on.
-        await asyncio.shield(task)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self.in_flight.discard(task)

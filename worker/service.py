@@ -157,7 +157,9 @@ class Worker:
             consumer.publisher = publisher
         self._queue = await channel.get_queue(self.names.jobs_queue, ensure=False)
         tune_gc()
-        self._consumer_tag = await self._queue.consume(consumer.on_message, no_ack=False)
+        underlay = await channel.get_underlay_channel()
+        consume_ok = await underlay.basic_consume(self._queue.name, consumer.on_delivery, no_ack=False)
+        self._consumer_tag = consume_ok.consumer_tag
         self.connections += 1
         log.info("worker.started" if self.connections == 1 else "worker.reconnected", queue=self.names.jobs_queue,
                  prefetch=settings.prefetch, health_port=self.health.port if self.health else None)
