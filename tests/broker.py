@@ -123,7 +123,7 @@ def byok(settings: Settings, *args: str, stdin: bytes | None = None, check: bool
         "BYOK_TOPOLOGY_PREFIX": settings.topology_prefix,
         "BYOK_VAULT_ADDR": settings.vault_addr,
         "BYOK_VAULT_TOKEN": settings.vault_token.get_secret_value() if settings.vault_token else "",
-        "BYOK_STORE_URL": settings.store_url,
+        "BYOK_STORE_URL": settings.store_url.get_secret_value(),
         **(extra_env or {}),
     }
     result = subprocess.run([sys.executable, "-m", "worker.cli", *args], input=stdin, capture_output=True,

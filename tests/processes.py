@@ -24,7 +24,7 @@ def process_env(settings: Settings, **overrides: str) -> dict[str, str]:
         "BYOK_TOPOLOGY_PREFIX": settings.topology_prefix,
         "BYOK_VAULT_ADDR": settings.vault_addr,
         "BYOK_VAULT_TOKEN": settings.vault_token.get_secret_value() if settings.vault_token else "",
-        "BYOK_STORE_URL": settings.store_url,
+        "BYOK_STORE_URL": settings.store_url.get_secret_value(),
         "BYOK_LOG_LEVEL": "debug",
         "BYOK_RETRY_BASE_DELAY_S": str(settings.retry_base_delay_s),
     }

@@ -91,7 +91,7 @@ class Publisher:
 
     async def publish(
         self, exchange: str, routing_key: str, body: bytes, *, message_id: str | None = None,
-        headers: dict[str, Any] | None = None, correlation_id: str | None = None,
+        headers: dict[str, Any] | None = None, correlation_id: str | None = None, reply_to: str | None = None,
     ) -> None:
         properties = aiormq.spec.Basic.Properties(
             content_type=CONTENT_TYPE,
@@ -100,6 +100,7 @@ class Publisher:
             priority=0,
             message_id=message_id,
             correlation_id=correlation_id,
+            reply_to=reply_to,
             headers=headers or {},
             timestamp=datetime.now(UTC),
         )
@@ -263,7 +264,7 @@ class JobConsumer:
         headers[HEADER_REASON] = dead_letter.reason
         await self.publisher.publish(
             self._names.dead_letter_exchange, "", message.body, message_id=message.message_id,
-            headers=headers, correlation_id=message.correlation_id,
+            headers=headers, correlation_id=message.correlation_id, reply_to=message.reply_to,
         )
         self._metrics.dead_lettered(dead_letter.code.value)
 
@@ -276,7 +277,7 @@ class JobConsumer:
         headers[HEADER_FIRST_SEEN] = retry.first_seen.isoformat()
         await self.publisher.publish(
             self._names.delay_exchange, str(step), message.body, message_id=message.message_id,
-            headers=headers, correlation_id=message.correlation_id,
+            headers=headers, correlation_id=message.correlation_id, reply_to=message.reply_to,
         )
         self._metrics.delayed.inc()
         log.info("job.delayed", message_id=message.message_id, delay_ms=step, attempts=retry.attempts,

@@ -67,13 +67,28 @@ class Endpoint:
 
     @property
     def is_loopback(self) -> bool:
-        host = self.host
-        if host == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            return False
+        return is_loopback_host(self.host)
+
+
+def is_loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_vault_addr(addr: str, *, allow_plain_http: bool) -> None:
+    """Vault answers a decrypt with the clear key, and every request carries a token: https off loopback."""
+    parts = urlsplit(addr)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise EndpointError(f"BYOK_VAULT_ADDR {addr!r} is not an http(s) URL")
+    if parts.scheme == "http" and not allow_plain_http and not is_loopback_host(parts.hostname.lower()):
+        raise EndpointError(
+            f"BYOK_VAULT_ADDR {addr!r} is plain http to a host that is not loopback: keys and tokens would cross "
+            "the network in clear. Use https, or set BYOK_VAULT_ALLOW_PLAIN_HTTP=true for a dev server"
+        )
 
 
 @functools.lru_cache(maxsize=1024)

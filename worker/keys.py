@@ -33,7 +33,7 @@ import hvac.exceptions
 import requests
 from pydantic import SecretStr
 
-from worker.endpoint import Endpoint, binding_b64
+from worker.endpoint import Endpoint, EndpointError, binding_b64, check_vault_addr
 from worker.redaction import redact_text
 from worker.settings import Settings
 
@@ -154,6 +154,10 @@ class KeyAdmin:
         """The admin identity: ``BYOK_VAULT_ADDR`` and ``BYOK_VAULT_TOKEN`` (plus namespace, mount, prefix)."""
         if settings.vault_token is None or not settings.vault_token.get_secret_value():
             raise KeyUsageError("BYOK_VAULT_TOKEN is not set: `byok keys` needs the admin identity's Vault token")
+        try:
+            check_vault_addr(settings.vault_addr, allow_plain_http=settings.vault_allow_plain_http)
+        except EndpointError as exc:
+            raise KeyUsageError(str(exc)) from None
         client = hvac.Client(
             url=settings.vault_addr,
             token=settings.vault_token.get_secret_value(),

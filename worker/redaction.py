@@ -36,16 +36,19 @@ _QUERY_SECRETS = re.compile(
     r"[^&#\s\"']+"
 )
 
-# Every match of the three patterns above contains one of these: text without any is returned as it is,
+# "amqp://user:password@host", "postgresql://…": the password of a URL's user info.
+_URL_PASSWORDS = re.compile(r"(?i)(\b[a-z][a-z0-9+.\-]*://[^\s:/@]*:)[^\s@/]+@")
+
+# Every match of the four patterns above contains one of these: text without any is returned as it is,
 # after one scan instead of three (most log values are ids, names and numbers).
-_MAY_HOLD_SECRET = re.compile(r"(?i)sk-|[sbr]\.|eyj|bearer|basic|authorization|api-key|x-vault-token|cookie|[?&]")
+_MAY_HOLD_SECRET = re.compile(r"(?i)sk-|[sbr]\.|eyj|bearer|basic|authorization|api-key|x-vault-token|cookie|[?&]|://")
 
 _SENSITIVE_FIELDS = frozenset({
     "authorization", "proxy_authorization", "x_api_key", "api_key", "apikey", "x_goog_api_key",
     "x_vault_token", "token", "client_token", "secret", "secret_id", "client_secret", "plaintext",
     "password", "key", "provider_key", "jwt", "cookie", "set_cookie",
 })
-_SENSITIVE_SUFFIXES = ("_api_key", "_apikey", "_token", "_secret", "_password", "_jwt")
+_SENSITIVE_SUFFIXES = ("_api_key", "_apikey", "_token", "_secret", "_secret_id", "_password", "_jwt")
 _PLAIN = (bool, int, float, datetime, date, time, timedelta)
 
 
@@ -69,6 +72,7 @@ def scrub_text(text: str) -> str:
     """Every pattern applied to ``text`` (``redact_text`` skips text that cannot match any)."""
     text = _HEADER_VALUES.sub(rf"\1{REDACTED}", text)
     text = _KEY_PATTERNS.sub(REDACTED, text)
+    text = _URL_PASSWORDS.sub(rf"\1{REDACTED}@", text)
     return _QUERY_SECRETS.sub(rf"\1{REDACTED}", text)
 
 

@@ -24,6 +24,7 @@ class Settings(BaseSettings):
     delivery_limit: int = Field(default=5, ge=1, description="quorum queue x-delivery-limit for byok.jobs")
 
     vault_addr: str = "http://127.0.0.1:8200"
+    vault_allow_plain_http: bool = False
     vault_auth: VaultAuthMethod = VaultAuthMethod.TOKEN
     vault_token: SecretStr | None = None
     vault_role_id: str | None = None
@@ -63,7 +64,7 @@ class Settings(BaseSettings):
     log_format: str = Field(default="json", pattern=r"^(json|console)$")
     metrics_listen: str = "127.0.0.1:9464"
 
-    store_url: str = "sqlite:///./byok.db"
+    store_url: SecretStr = SecretStr("sqlite:///./byok.db")  # a PostgreSQL URL may carry a password
     api_listen: str = "127.0.0.1:8088"
     prices_file: str | None = None
 

@@ -25,6 +25,7 @@ import orjson
 import structlog
 from pydantic import SecretStr
 
+from worker.endpoint import EndpointError, check_vault_addr
 from worker.errors import VaultUnavailable
 from worker.redaction import redact_text
 from worker.settings import Settings, VaultAuthMethod
@@ -361,6 +362,11 @@ class KubernetesAuth(RenewingTokenSource):
 
 
 def make_token_source(settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None) -> TokenSource:
+    try:
+        check_vault_addr(settings.vault_addr, allow_plain_http=settings.vault_allow_plain_http)
+    except EndpointError as exc:
+        raise VaultAuthError(str(exc)) from None
+
     def http() -> VaultHttp:
         return VaultHttp(settings.vault_addr, namespace=settings.vault_namespace,
                          timeout_s=settings.vault_timeout_s, transport=transport)

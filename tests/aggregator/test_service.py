@@ -12,6 +12,7 @@ import aio_pika
 import aiohttp
 import orjson
 from aio_pika.abc import AbstractChannel, AbstractQueue
+from pydantic import SecretStr
 
 from schemas.models import CompletionResult, UsageEvent
 from tests.aggregator.helpers import at, failed, usage
@@ -93,7 +94,7 @@ async def get_json(url: str, params: dict[str, str] | None = None) -> Any:
 async def test_usage_and_failures_flow_to_the_api_and_the_alerts_exchange(
     settings: Settings, store_url: str, prices_file: str
 ) -> None:
-    settings = settings.model_copy(update={"prices_file": prices_file, "store_url": store_url})
+    settings = settings.model_copy(update={"prices_file": prices_file, "store_url": SecretStr(store_url)})
     names = Topology(settings.topology_prefix)
     events = dataset()
     async with aggregator(settings, quiet_rules()) as running, broker(settings) as channel:
@@ -152,7 +153,7 @@ async def next_message(queue: AbstractQueue) -> aio_pika.abc.AbstractIncomingMes
 
 
 async def test_two_aggregators_share_one_queue_and_one_postgresql(settings: Settings, pg_url: str) -> None:
-    settings = settings.model_copy(update={"store_url": pg_url})
+    settings = settings.model_copy(update={"store_url": SecretStr(pg_url)})
     names = Topology(settings.topology_prefix)
     events = [usage(f"2025-03-01 10:{i % 60:02d}", automation=f"a{i % 3}", input_tokens=10, output_tokens=1)
               for i in range(300)]

@@ -355,8 +355,10 @@ def test_the_production_overlay_changes_what_it_says() -> None:
         container = one(docs, "Deployment", "byok-worker")["spec"]["template"]["spec"]["containers"][0]
         return configmap_env(docs, container)
 
-    assert worker_env(base)["BYOK_VAULT_ADDR"].startswith("http://")
-    assert worker_env(production)["BYOK_VAULT_ADDR"].startswith("https://")
+    assert worker_env(base)["BYOK_VAULT_ADDR"] != worker_env(production)["BYOK_VAULT_ADDR"]
+    for docs in (base, production):  # the worker refuses plain http to Vault off loopback
+        assert worker_env(docs)["BYOK_VAULT_ADDR"].startswith("https://")
+        assert "BYOK_VAULT_ALLOW_PLAIN_HTTP" not in worker_env(docs)
     assert one(production, "Deployment", "byok-aggregator")["spec"]["replicas"] == 2
     vault_rule = one(production, "NetworkPolicy", "byok-worker")["spec"]["egress"][2]
     assert vault_rule["ports"][0]["port"] == 8200 and "ipBlock" in vault_rule["to"][0]

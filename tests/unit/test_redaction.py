@@ -42,6 +42,8 @@ JWT = "eyJhbGciOiJSUzI1NiIsImtpZCI6IjEifQ.eyJzdWIiOiJzeXN0ZW06c2EifQ.c2lnbmF0dXJ
     (f"https://host/path?api_key={MISTRAL}", MISTRAL),
     (f"https://host/path?x=1&access_token={MISTRAL}#frag", MISTRAL),
     ("https://host/login?password=hunter2hunter2", "hunter2hunter2"),
+    ("connecting to amqp://byok-worker:Rabbit-Pa55@rabbitmq:5672/", "Rabbit-Pa55"),
+    ("store postgresql://agg:pg.Pa55-word@db:5432/byok unreachable", "pg.Pa55-word"),
 ])
 def test_secrets_are_scrubbed_from_text(text: str, secret: str) -> None:
     out = redact_text(text)
@@ -166,7 +168,8 @@ def test_a_structlog_json_pipeline_never_prints_a_key() -> None:
     assert "ValueError: bad key" in lines[1]["exception"]
 
 
-_FRAGMENTS = [OPENAI, ANTHROPIC, MISTRAL, OPENBAO_TOKEN, JWT, "hvs.CAESIAbCdEfGhIjKlMnOp12345", "Bearer ", "BASIC ",
+_FRAGMENTS = [OPENAI, ANTHROPIC, MISTRAL, OPENBAO_TOKEN, JWT, "amqp://", "u:p@", "https://",
+              "hvs.CAESIAbCdEfGhIjKlMnOp12345", "Bearer ", "BASIC ",
               "Authorization", "x-api-key", "X-Goog-Api-Key", "x-vault-token", "Cookie", "api_key=", "?key=",
               "&token=", ": ", "=", "'", '"', " ", "job-17", "ws_a", "gpt-4o-mini", "s.", "b.", "r.", "eyJ", "sk-"]
 

@@ -75,7 +75,7 @@ async def query_consumption(
 ) -> dict[str, Any]:
     """The consumption dict, read from ``BYOK_STORE_URL`` without migrating or creating anything."""
     prices = load_prices(settings.prices_file)
-    store = await Store.open(settings.store_url, migrate_schema=False)
+    store = await Store.open(settings.store_url.get_secret_value(), migrate_schema=False)
     try:
         return await consumption(store, prices, workspace, since, until, group_by)
     finally:

@@ -82,7 +82,7 @@ async def run_aggregator(
     names = Topology(settings.topology_prefix)
     metrics = AggregatorMetrics()
     async with AsyncExitStack() as stack:
-        store = await Store.open(settings.store_url)
+        store = await Store.open(settings.store_url.get_secret_value())
         stack.push_async_callback(store.close)
         connection = await aio_pika.connect_robust(settings.amqp_url.get_secret_value())
         stack.push_async_callback(connection.close)
