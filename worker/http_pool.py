@@ -11,6 +11,7 @@ itself (BENCHMARKS.md). Tests hand in a transport factory (an ``httpx.MockTransp
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -45,11 +46,13 @@ class ProviderResponse:
 class AiohttpOrigin:
     """A provider origin's aiohttp session, posting the way ``httpx.AsyncClient`` + ``AiohttpTransport`` did."""
 
-    def __init__(self, *, timeout: httpx.Timeout, limits: httpx.Limits, default_headers: httpx.Headers) -> None:
+    def __init__(self, *, timeout: httpx.Timeout, limits: httpx.Limits, default_headers: httpx.Headers,
+                 ssl_context: ssl.SSLContext) -> None:
         # What AiohttpTransport.handle_async_request derives from httpx's timeout for every request.
         self._timeout = aiohttp.ClientTimeout(sock_connect=timeout.connect, sock_read=timeout.read,
                                               connect=timeout.pool)
         self._limits = limits
+        self._ssl = ssl_context
         self._default_headers = CIMultiDict(default_headers.multi_items())
         self._session: aiohttp.ClientSession | None = None
         self._urls: dict[str, str] = {}
@@ -59,7 +62,7 @@ class AiohttpOrigin:
         max_connections = self._limits.max_connections
         connector = aiohttp.TCPConnector(
             keepalive_timeout=self._limits.keepalive_expiry,
-            ssl=httpx.create_ssl_context(verify=True, cert=None, trust_env=True),
+            ssl=self._ssl,
             limit=100 if max_connections is None else max_connections,  # aiohttp's default when unset
         )
         # Cookies a provider sets (Cloudflare's __cf_bm…) go back to it, as httpx's own cookie jar did; aiohttp's
@@ -118,6 +121,10 @@ class HttpClientPool:
         self._transport_factory = transport_factory
         self._clients: dict[str, ProviderClient] = {}
         self._default_headers: httpx.Headers | None = None
+        self._ssl: ssl.SSLContext | None = None
+        if transport_factory is None:
+            # Loading the CA bundle stops the event loop for tens of milliseconds: once, at start, for every origin.
+            self._ssl = httpx.create_ssl_context(verify=True, cert=None, trust_env=True)
 
     def _headers(self) -> httpx.Headers:
         """The headers an ``httpx.AsyncClient`` sends by default (accept, accept-encoding, user-agent…)."""
@@ -137,7 +144,9 @@ class HttpClientPool:
                     follow_redirects=False,
                 )
             else:
-                client = AiohttpOrigin(timeout=self._timeout, limits=self._limits, default_headers=self._headers())
+                assert self._ssl is not None
+                client = AiohttpOrigin(timeout=self._timeout, limits=self._limits, default_headers=self._headers(),
+                                       ssl_context=self._ssl)
             self._clients[origin] = client
         return client
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import anthropic.types.message_create_params as anthropic_types
+import ollama._types as ollama_types
 import pytest
 from hypothesis import HealthCheck, given, settings
 from jsonschema import Draft202012Validator
@@ -21,9 +23,6 @@ from tests.contract.specs import (
     openapi_validator,
     unknown_keys,
 )
-
-anthropic_types = pytest.importorskip("anthropic.types.message_create_params", reason="dev extra: anthropic")
-ollama_types = pytest.importorskip("ollama._types", reason="dev extra: ollama")
 
 ANTHROPIC_REQUEST: TypeAdapter[Any] = TypeAdapter(anthropic_types.MessageCreateParamsNonStreaming)
 ANTHROPIC_KEYS = (anthropic_types.MessageCreateParamsNonStreaming.__required_keys__

@@ -6,7 +6,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anthropic.types as anthropic_types
 import httpx
+import ollama._types as ollama_types
 import pytest
 from pydantic import TypeAdapter
 
@@ -25,9 +27,6 @@ from tests.contract.specs import (
 )
 from worker.providers import ADAPTERS
 from worker.simulator import BEHAVIOR_HEADER, ProviderSimulator
-
-anthropic_types = pytest.importorskip("anthropic.types", reason="dev extra: anthropic")
-ollama_types = pytest.importorskip("ollama._types", reason="dev extra: ollama")
 
 ANTHROPIC_MESSAGE: TypeAdapter[Any] = TypeAdapter(anthropic_types.Message)
 ANTHROPIC_ERROR: TypeAdapter[Any] = TypeAdapter(anthropic_types.ErrorResponse)
