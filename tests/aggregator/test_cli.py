@@ -81,9 +81,11 @@ async def test_consumption_table_has_rows_totals_and_the_estimate_note(
     rows = {line.split()[1]: line for line in lines[4:7]}
     assert set(rows) == {"claude-x", "mistral-mystery", "gpt-4o-mini"}
     assert rows["mistral-mystery"].endswith("unpriced")
-    assert rows["gpt-4o-mini"].split()[2] == "4"  # requests
+    assert rows["gpt-4o-mini"].split()[2] == "4!"  # requests, one of them without usage
+    assert rows["claude-x"].split()[2] == "1"
     total = next(line for line in lines if line.startswith("total"))
-    assert total.split()[1:3] == ["6", "7,600"]
+    assert total.split()[1:3] == ["6!", "7,600"]
+    assert any(line.startswith("! 1 of the requests came back without usage") for line in lines)
     assert total.endswith("0.022300*")
     assert any(line.startswith("Costs are estimates") for line in lines)
     assert any("mistral/mistral-mystery" in line for line in lines)

@@ -28,6 +28,7 @@ _COLUMNS = (
     ("output_tokens", "output"),
     ("reasoning_tokens", "reasoning"),
 )
+UNREPORTED_MARK = "!"
 _KEY_TITLES = {"day": "day", "provider": "provider", "model": "model", "automation_id": "automation"}
 
 
@@ -110,6 +111,11 @@ def _cost(values: dict[str, Any]) -> str:
     return f"{cost:,.6f}" + ("*" if values["unpriced"] else "")
 
 
+def _counter(values: dict[str, Any], name: str) -> str:
+    cell = f"{values[name]:,}"
+    return cell + UNREPORTED_MARK if name == "requests" and values["unreported_requests"] else cell
+
+
 def render_table(result: dict[str, Any]) -> str:
     """A plain-text table: one line per row, then the totals, then what the costs mean."""
     rows: list[dict[str, Any]] = result["rows"]
@@ -117,12 +123,12 @@ def render_table(result: dict[str, Any]) -> str:
     header = [_KEY_TITLES[k] for k in keys] + [title for _, title in _COLUMNS] + ["cost (USD)"]
     lines = [
         [("-" if row.get(k) is None else str(row[k])) for k in keys]
-        + [f"{row[name]:,}" for name, _ in _COLUMNS] + [_cost(row)]
+        + [_counter(row, name) for name, _ in _COLUMNS] + [_cost(row)]
         for row in rows
     ]
     totals = result["totals"]
     total_line = (["total"] + [""] * (len(keys) - 1) if keys else []) + [
-        f"{totals[name]:,}" for name, _ in _COLUMNS
+        _counter(totals, name) for name, _ in _COLUMNS
     ] + [_cost(totals)]
     if not keys:
         header, total_line = ["", *header], ["total", *total_line]
@@ -144,4 +150,7 @@ def render_table(result: dict[str, Any]) -> str:
     if result["unpriced_models"]:
         names = ", ".join(f"{m['provider']}/{m['model']}" for m in result["unpriced_models"])
         out.append(f"No price for: {names} (their usage is counted, not costed; * = partly unpriced).")
+    if totals["unreported_requests"]:
+        out.append(f"{UNREPORTED_MARK} {totals['unreported_requests']:,} of the requests came back without usage from "
+                   "the provider: their tokens are unknown (not counted as 0) and missing from the cost estimate.")
     return "\n".join(out)
