@@ -11,6 +11,8 @@ HEADER_ERROR = "x-byok-error"
 HEADER_REASON = "x-byok-reason"
 HEADER_ATTEMPTS = "x-byok-attempts"
 HEADER_FIRST_SEEN = "x-byok-first-seen"
+HEADER_NOT_BEFORE = "x-byok-not-before"
+"""On a delayed job whose wait is longer than the longest delay queue: it is delayed again until then."""
 
 # Delay queues: one per fixed wait so a long TTL never holds a shorter one behind it.
 DELAY_STEPS_MS = (1_000, 5_000, 15_000, 60_000, 300_000)

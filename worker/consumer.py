@@ -12,7 +12,8 @@ import asyncio
 import bisect
 import hashlib
 from collections import OrderedDict
-from datetime import UTC, datetime
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiormq
@@ -28,6 +29,7 @@ from worker.constants import (
     HEADER_ATTEMPTS,
     HEADER_ERROR,
     HEADER_FIRST_SEEN,
+    HEADER_NOT_BEFORE,
     HEADER_REASON,
     Topology,
     result_routing_key,
@@ -43,23 +45,42 @@ def _dump(model: Any) -> bytes:
     return orjson.dumps(model.model_dump(mode="json", by_alias=True))
 
 
+def _header_time(headers: Mapping[str, Any], name: str) -> datetime | None:
+    raw = headers.get(name)
+    if not isinstance(raw, str | bytes):
+        return None
+    try:
+        found = datetime.fromisoformat(raw.decode() if isinstance(raw, bytes) else raw)
+    except ValueError:
+        return None
+    return found if found.tzinfo is not None else None
+
+
 def delivery_of(message: AbstractIncomingMessage) -> Delivery:
     headers = message.headers or {}
     attempts = headers.get(HEADER_ATTEMPTS)
-    first_seen_raw = headers.get(HEADER_FIRST_SEEN)
-    first_seen = None
-    if isinstance(first_seen_raw, str | bytes):
-        try:
-            first_seen = datetime.fromisoformat(
-                first_seen_raw.decode() if isinstance(first_seen_raw, bytes) else first_seen_raw
-            )
-        except ValueError:
-            first_seen = None
     return Delivery(
         body=message.body,
         attempts_before=attempts if isinstance(attempts, int) and attempts >= 0 else 0,
-        first_seen=first_seen,
+        first_seen=_header_time(headers, HEADER_FIRST_SEEN),
+        not_before=_header_time(headers, HEADER_NOT_BEFORE),
     )
+
+
+def delayed_headers(headers: Mapping[str, Any], retry: RetryLater, now: datetime) -> tuple[int, dict[str, Any]]:
+    """The delay queue (its wait in ms) and the headers a job goes there with.
+
+    A wait longer than the longest queue (a provider's ``retry-after`` of ten minutes, say) carries the
+    time it ends, and the job goes round the longest queue again until then.
+    """
+    step = delay_step_ms(retry.delay_s)
+    kept = {key: value for key, value in headers.items()
+            if not key.startswith("x-death") and key != HEADER_NOT_BEFORE}
+    kept[HEADER_ATTEMPTS] = retry.attempts
+    kept[HEADER_FIRST_SEEN] = retry.first_seen.isoformat()
+    if retry.delay_s * 1000 > step:
+        kept[HEADER_NOT_BEFORE] = (now + timedelta(seconds=retry.delay_s)).isoformat()
+    return step, kept
 
 
 def message_key(message: AbstractIncomingMessage) -> str:
@@ -269,12 +290,7 @@ class JobConsumer:
         self._metrics.dead_lettered(dead_letter.code.value)
 
     async def _publish_delayed(self, message: AbstractIncomingMessage, retry: RetryLater) -> None:
-        step = delay_step_ms(retry.delay_s)
-        headers = {
-            key: value for key, value in (message.headers or {}).items() if not key.startswith("x-death")
-        }
-        headers[HEADER_ATTEMPTS] = retry.attempts
-        headers[HEADER_FIRST_SEEN] = retry.first_seen.isoformat()
+        step, headers = delayed_headers(message.headers or {}, retry, datetime.now(UTC))
         await self.publisher.publish(
             self._names.delay_exchange, str(step), message.body, message_id=message.message_id,
             headers=headers, correlation_id=message.correlation_id, reply_to=message.reply_to,

@@ -17,11 +17,21 @@ import aio_pika
 import orjson
 from aio_pika.abc import AbstractIncomingMessage, DeliveryMode
 
-from worker.constants import CONTENT_TYPE, HEADER_ERROR, HEADER_REASON, JOB_ROUTING_KEY, Topology
+from worker.constants import (
+    CONTENT_TYPE,
+    HEADER_ATTEMPTS,
+    HEADER_ERROR,
+    HEADER_FIRST_SEEN,
+    HEADER_NOT_BEFORE,
+    HEADER_REASON,
+    JOB_ROUTING_KEY,
+    Topology,
+)
 from worker.settings import Settings, load_settings
 
 REPLAY_HEADER = "x-byok-replayed"
-DROPPED_ON_REPLAY = (HEADER_ERROR, HEADER_REASON, "x-byok-attempts", "x-byok-first-seen", "x-delivery-count")
+DROPPED_ON_REPLAY = (HEADER_ERROR, HEADER_REASON, HEADER_ATTEMPTS, HEADER_FIRST_SEEN, HEADER_NOT_BEFORE,
+                     "x-delivery-count")
 
 
 @dataclass(frozen=True, slots=True)

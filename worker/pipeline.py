@@ -55,6 +55,7 @@ class Delivery:
     body: bytes
     attempts_before: int = 0
     first_seen: datetime | None = None
+    not_before: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +140,12 @@ class JobRunner:
         if isinstance(parsed, Unroutable | Completed):
             return parsed
         job = parsed
+        if delivery.not_before is not None:
+            # Back early from the longest delay queue: wait the rest, without a provider call.
+            wait_s = (delivery.not_before - datetime.now(UTC)).total_seconds()
+            if wait_s > self._settings.inline_retry_max_s:
+                return RetryLater(wait_s, delivery.attempts_before, first_seen, "provider's retry-after")
+            await asyncio.sleep(max(wait_s, 0.0))
         try:
             return await self._execute(job, delivery, first_seen, started)
         except JobFailure as failure:
