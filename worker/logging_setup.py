@@ -14,6 +14,18 @@ from worker.redaction import redact_event
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
+def processor_chain(renderer: structlog.typing.Processor) -> list[structlog.typing.Processor]:
+    """What every event goes through: tracebacks rendered to text first, then redacted, then rendered."""
+    return [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,
+        redact_event,
+        renderer,
+    ]
+
+
 def configure_logging(level: str = "info", fmt: str = "json") -> None:
     numeric = _LEVELS.get(level.lower(), logging.INFO)
     renderer: structlog.typing.Processor
@@ -25,14 +37,7 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
         renderer = structlog.processors.JSONRenderer(serializer=orjson.dumps)
         logger_factory = structlog.BytesLoggerFactory(file=sys.stderr.buffer)
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            redact_event,
-            renderer,
-        ],
+        processors=processor_chain(renderer),
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=logger_factory,
         # Processes configure logging once, at start: a cached logger saves ~4% of the worker's CPU per job.
