@@ -8,6 +8,8 @@ import contextlib
 import sys
 from collections.abc import Sequence
 
+from pydantic import ValidationError
+
 from worker import __version__, dlq, event_loop
 from worker.aggregator import commands as aggregator_commands
 from worker.keys_cli import register as register_keys
@@ -90,7 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    code: int = args.func(args)
+    try:
+        code: int = args.func(args)
+    except ValidationError as exc:
+        # Field names and messages only: pydantic's input echo could be a secret setting's value.
+        problems = "; ".join(f"BYOK_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in exc.errors())
+        print(f"byok {args.command}: invalid settings: {problems}", file=sys.stderr)
+        return 2
     return code
 
 

@@ -73,7 +73,10 @@ class Settings(BaseSettings):
     def _split_hosts(cls, value: object) -> object:
         if isinstance(value, str):
             hosts = frozenset(h.strip().lower() for h in value.split(",") if h.strip())
-            return hosts or None
+            if not hosts:
+                # Set but empty (a template left blank, a typo) must not quietly mean "every host".
+                raise ValueError("BYOK_ALLOWED_HOSTS is set but names no host: list hosts, or unset it")
+            return hosts
         return value
 
 

@@ -54,3 +54,16 @@ def test_worker_and_key_admin_refuse_plain_http_vault() -> None:
     allowed = settings.model_copy(update={"vault_allow_plain_http": True})
     make_token_source(allowed)
     KeyAdmin.from_settings(allowed)
+
+
+def test_invalid_settings_exit_2_naming_the_variable_never_its_value(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from worker.cli import main
+
+    monkeypatch.setenv("BYOK_AMQP_URL", SECRETS["BYOK_AMQP_URL"])
+    monkeypatch.setenv("BYOK_PREFETCH", "lots")
+    assert main(["worker"]) == 2
+    err = capsys.readouterr().err
+    assert "BYOK_PREFETCH" in err and "invalid settings" in err
+    assert "amqp-Pa55word" not in err and "lots" not in err
