@@ -10,12 +10,16 @@ deterministic so a test can predict them:
 
 Behaviour per request, from the header ``x-sim-behavior`` (wins) or a model name ``sim-<behaviour>``:
 ``ok`` (default), ``auth``, ``rate``, ``quota``, ``overloaded``, ``error``, ``slow-<ms>``, ``cached``,
-``reasoning``, ``nousage``, ``flaky-<n>`` (see ``_BEHAVIOURS``). With ``cached``, ``P // 2`` prompt tokens
-are cache reads (and for Anthropic ``P // 4`` more are cache writes); with ``reasoning`` (OpenAI only)
-``REASONING_TOKENS`` reasoning tokens are added inside ``completion_tokens``.
+``reasoning``, ``cached-reasoning``, ``nousage``, ``flaky-<n>`` (see ``_SIMPLE_BEHAVIOURS``). With
+``cached``, ``P // 2`` prompt tokens are cache reads (and for Anthropic ``P // 4`` more are cache writes);
+with ``reasoning`` (OpenAI only) ``REASONING_TOKENS`` reasoning tokens are added inside
+``completion_tokens``; ``cached-reasoning`` does both in one answer (Ollama ignores all three).
 
-Every request lands in the ``Ledger`` (``GET /_sim/ledger``, ``POST /_sim/reset``) with a fingerprint of
-the key it carried, never the key. Only 2xx answers that carried usage are billed.
+Every request on a protocol route lands in the ``Ledger`` (``GET /_sim/ledger``, ``POST /_sim/reset``) as a
+call, with a fingerprint of the key it carried, never the key. Only 2xx answers that carried usage are
+billed. Every HTTP request the server receives, on any path (protocol routes, the ``/_sim`` control
+routes, and paths it does not serve at all), is also recorded in ``Ledger.requests()``: its method, path
+(never the query string) and whether it carried a credential header (never the header's value).
 """
 
 from __future__ import annotations
@@ -43,8 +47,10 @@ LEDGER_PATH = "/_sim/ledger"
 RESET_PATH = "/_sim/reset"
 
 _SIMPLE_BEHAVIOURS = frozenset(
-    {"ok", "auth", "rate", "quota", "overloaded", "error", "cached", "reasoning", "nousage"}
+    {"ok", "auth", "rate", "quota", "overloaded", "error", "cached", "reasoning", "cached-reasoning", "nousage"}
 )
+_CACHED = frozenset({"cached", "cached-reasoning"})
+_REASONING = frozenset({"reasoning", "cached-reasoning"})
 _NUMBERED_BEHAVIOURS = ("slow", "flaky")
 
 _PATHS: dict[Provider, tuple[str, str]] = {
@@ -54,6 +60,7 @@ _PATHS: dict[Provider, tuple[str, str]] = {
     Provider.ANTHROPIC: ("/anthropic", "/v1/messages"),
     Provider.OLLAMA: ("/ollama", "/api/chat"),
 }
+_PROTOCOL_BY_PATH: dict[str, Provider] = {prefix + path: protocol for protocol, (prefix, path) in _PATHS.items()}
 
 
 # --------------------------------------------------------------------------------------- behaviour
@@ -130,18 +137,55 @@ class LedgerCall:
         }
 
 
+AUTH_HEADERS = ("authorization", "x-api-key")
+"""The credential headers of the four protocols (bearer key; Anthropic's ``x-api-key``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SeenRequest:
+    """One HTTP request as the server received it, whatever its path: never a header value or the query."""
+
+    method: str
+    path: str
+    protocol: Provider | None
+    """The protocol route it matched (method and path), or None: a control route or a path not served."""
+    has_auth: bool
+    """Whether it carried a non-empty credential header (one of ``AUTH_HEADERS``)."""
+    at: float
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "path": self.path,
+            "protocol": self.protocol.value if self.protocol is not None else None,
+            "has_auth": self.has_auth,
+            "at": self.at,
+        }
+
+
 _BUCKETS = ("input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens", "reasoning_tokens")
 
 
 @dataclass(slots=True)
 class Ledger:
     calls: list[LedgerCall] = field(default_factory=list)
+    """Requests on the protocol routes, answered (billed or not)."""
+    seen: list[SeenRequest] = field(default_factory=list)
+    """Every HTTP request received, on any path, in arrival order."""
 
     def record(self, call: LedgerCall) -> None:
         self.calls.append(call)
 
+    def record_request(self, request: SeenRequest) -> None:
+        self.seen.append(request)
+
     def reset(self) -> None:
         self.calls.clear()
+        self.seen.clear()
+
+    def requests(self) -> list[SeenRequest]:
+        """Every request the server received since the last reset, on any path (a copy)."""
+        return list(self.seen)
 
     def billed(self) -> list[LedgerCall]:
         return [call for call in self.calls if call.usage is not None]
@@ -158,7 +202,11 @@ class Ledger:
         return {"requests": len(billed), **totals}
 
     def as_json(self) -> dict[str, Any]:
-        return {"calls": [call.as_json() for call in self.calls], "totals": self.totals()}
+        return {
+            "calls": [call.as_json() for call in self.calls],
+            "totals": self.totals(),
+            "requests": [seen.as_json() for seen in self.seen],
+        }
 
 
 # ------------------------------------------------------------------------------- request reading
@@ -250,10 +298,10 @@ def answer(protocol: Provider, prompt: Prompt, behavior: Behavior) -> Answer:
         reply, finish = " ".join(reply.split()[: prompt.max_tokens]), "length"
     total_in = max(1, sum(words(t) for t in prompt.texts))
     cache_read = cache_write = reasoning = 0
-    if behavior.kind == "cached" and protocol is not Provider.OLLAMA:
+    if behavior.kind in _CACHED and protocol is not Provider.OLLAMA:
         cache_read = total_in // 2
         cache_write = total_in // 4 if protocol is Provider.ANTHROPIC else 0
-    if behavior.kind == "reasoning" and protocol is Provider.OPENAI:
+    if behavior.kind in _REASONING and protocol is Provider.OPENAI:
         reasoning = REASONING_TOKENS
     usage = TokenCounts(
         input_tokens=total_in - cache_read - cache_write,
@@ -517,6 +565,14 @@ def _error_headers(kind: str) -> dict[str, str]:
 # ------------------------------------------------------------------------------------------ auth
 
 
+def seen_request(request: web.Request) -> SeenRequest:
+    """What the all-requests record keeps of ``request``: no header value, no query string, no body."""
+    path = request.path
+    protocol = _PROTOCOL_BY_PATH.get(path) if request.method == "POST" else None
+    has_auth = any(request.headers.get(name, "").strip() for name in AUTH_HEADERS)
+    return SeenRequest(method=request.method, path=path, protocol=protocol, has_auth=has_auth, at=time.time())
+
+
 def presented_key(protocol: Provider, request: web.Request) -> str | None:
     if protocol is Provider.ANTHROPIC:
         return request.headers.get("x-api-key") or None
@@ -556,7 +612,14 @@ class ProviderSimulator:
     # -- lifecycle
 
     def make_app(self) -> web.Application:
-        app = web.Application(client_max_size=8 * 1024 * 1024)
+        @web.middleware
+        async def record_every_request(request: web.Request, handler: Handler) -> web.StreamResponse:
+            # Before the handler: a request on a path no route serves (404/405) is recorded too, and a
+            # request whose handler never finishes still shows it arrived.
+            self._ledger.record_request(seen_request(request))
+            return await handler(request)
+
+        app = web.Application(client_max_size=8 * 1024 * 1024, middlewares=[record_every_request])
         for protocol, (prefix, path) in _PATHS.items():
             app.router.add_post(prefix + path, self._protocol_handler(protocol))
         app.router.add_get(LEDGER_PATH, self._ledger_handler)

@@ -31,7 +31,7 @@ from worker.simulator import BEHAVIOR_HEADER, ProviderSimulator
 ANTHROPIC_MESSAGE: TypeAdapter[Any] = TypeAdapter(anthropic_types.Message)
 ANTHROPIC_ERROR: TypeAdapter[Any] = TypeAdapter(anthropic_types.ErrorResponse)
 
-SUCCESS_BEHAVIOURS = ["ok", "cached", "reasoning", "slow-1", "flaky-0"]
+SUCCESS_BEHAVIOURS = ["ok", "cached", "reasoning", "cached-reasoning", "slow-1", "flaky-0"]
 ERROR_BEHAVIOURS = ["auth", "rate", "quota", "overloaded", "error"]
 
 

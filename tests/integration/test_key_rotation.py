@@ -69,3 +69,4 @@ async def test_rotate_rewrap_retire_with_jobs_before_and_after(
     fingerprints = {c.key_fingerprint for c in simulator.ledger.calls}
     assert len(fingerprints) == 1
     assert len(simulator.ledger.calls) == 4
+    assert [r.protocol for r in simulator.ledger.requests()] == [Provider.OPENAI] * 4, "the retired job reached nothing"

@@ -125,6 +125,8 @@ async def test_a_sealed_key_opens_only_for_its_workspace_and_endpoint(
         assert result["attempts"] == 0
     assert {d.headers["x-byok-error"] for d in tap.dead} == {"key_unavailable"}
     assert simulator.ledger.calls == [], "nothing may be sent anywhere when the key does not open"
+    # cross-url points at a path the simulator serves no route for: only the all-requests record shows it.
+    assert simulator.ledger.requests() == [], "no request of any kind, on any path, may reach the simulator"
 
 
 async def test_the_plaintext_key_never_reaches_logs_or_messages(

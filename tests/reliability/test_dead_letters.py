@@ -111,3 +111,6 @@ async def dlq_flow(settings: Settings, simulator: ProviderSimulator) -> None:
         await asyncio.sleep(0.1)
     assert len(listed) == 4, "the replayed job failed again and is back, the others never left"
     assert len(simulator.ledger.calls) == 2, "dlq-3 was called once, then once more after the replay"
+    # dlq-1/dlq-2 point at base_url + "/wrong", a path with no route: only the all-requests record would show them.
+    assert [r.path for r in simulator.ledger.requests()] == ["/openai/v1/chat/completions"] * 2, (
+        "the key_unavailable jobs reached the simulator")

@@ -374,6 +374,9 @@ async def test_no_canary_reaches_any_log_message_cli_output_or_metric(
     delivered = {(c.protocol.value, fingerprints[c.key_fingerprint or ""]) for c in calls if c.status == 200}
     assert delivered == {("openai", "sk"), ("anthropic", "sk"), ("mistral", "plain")}, delivered
     assert not [c for c in calls if c.model in NEVER_CALLED], "a key_unavailable or expired job reached a provider"
+    # key-other-endpoint points at /elsewhere/v1, which no route serves: only the all-requests record shows it.
+    off_route = [(r.method, r.path) for r in simulator.ledger.requests() if r.protocol is None]
+    assert not off_route, f"a request reached a path no provider route serves: {off_route}"
     echoed = {(protocol, fp) for protocol, _, fp in echo.seen}
     assert echoed == {("openai", key_fingerprint(sk_key)), ("anthropic", key_fingerprint(sk_key)),
                       ("mistral", key_fingerprint(plain_key))}, "the echoing provider did not get the canaries"
@@ -439,4 +442,8 @@ async def test_a_key_unsealed_for_its_endpoint_is_not_served_from_cache_to_anoth
         result = tap.result_for(f"elsewhere-{i}")
         assert result["status"] == "failed" and result["error"]["code"] == "key_unavailable", result
     assert [c.model for c in simulator.ledger.calls] == ["mistral-small-latest"], "the key went somewhere else"
+    # Two of the other endpoints are paths the simulator serves no route for: the all-requests record shows
+    # anything that reached them.
+    assert [(r.method, r.path) for r in simulator.ledger.requests()] == [
+        ("POST", "/mistral/v1/chat/completions")], "a request went to another endpoint"
     assert running_worker.cache.hits == 0

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from schemas.models import Provider, TokenCounts
-from worker.simulator import ProviderSimulator, parse_behavior, serve_forever
+from worker.simulator import ProviderSimulator, SeenRequest, parse_behavior, serve_forever
 
 KEY = "sk-test-simulator-0123456789abcdef"
 ANTHROPIC_KEY = "sk-ant-test-simulator-0123456789"
@@ -262,7 +262,7 @@ async def test_header_wins_over_model_name(sim: ProviderSimulator, client: httpx
 @pytest.mark.parametrize(
     ("value", "expected"),
     [("sim-slow-1500", "slow-1500"), ("flaky-2", "flaky-2"), ("SIM-Cached", "cached"), ("sim-slow-x", None),
-     ("gpt-4o", None), ("", None)],
+     ("sim-cached-reasoning", "cached-reasoning"), ("gpt-4o", None), ("", None)],
 )
 def test_parse_behavior(value: str, expected: str | None) -> None:
     parsed = parse_behavior(value)
@@ -351,6 +351,34 @@ async def test_reasoning_tokens_sit_inside_completion_tokens(
     assert sim.ledger.calls[0].usage == TokenCounts(input_tokens=8, output_tokens=4, reasoning_tokens=16)
 
 
+async def test_cached_reasoning_carries_both_in_one_answer(sim: ProviderSimulator, client: httpx.AsyncClient) -> None:
+    # prompt = 10 words, reply "sim: one two three four five" = 6 words.
+    user = "one two three four five"
+    body = (await post(client, sim, Provider.OPENAI, model="sim-cached-reasoning", user=user)).json()
+    usage = body["usage"]
+    # OpenAI: cached_tokens inside prompt_tokens, reasoning_tokens inside completion_tokens.
+    assert (usage["prompt_tokens"], usage["completion_tokens"], usage["total_tokens"]) == (10, 6 + 16, 10 + 22)
+    assert usage["prompt_tokens_details"]["cached_tokens"] == 5
+    assert usage["completion_tokens_details"]["reasoning_tokens"] == 16
+    # Anthropic: reads and writes outside input_tokens; it has no reasoning bucket (thinking is output).
+    usage = (await post(client, sim, Provider.ANTHROPIC, model="sim-cached-reasoning", user=user)).json()["usage"]
+    assert (usage["input_tokens"], usage["cache_read_input_tokens"], usage["cache_creation_input_tokens"],
+            usage["output_tokens"]) == (3, 5, 2, 6)
+    usage = (await post(client, sim, Provider.MISTRAL, model="sim-cached-reasoning", user=user)).json()["usage"]
+    assert (usage["prompt_tokens"], usage["prompt_tokens_details"], usage["completion_tokens"]) == (
+        10, {"cached_tokens": 5}, 6)
+    body = (await post(client, sim, Provider.OLLAMA, model="sim-cached-reasoning", user=user)).json()
+    assert (body["prompt_eval_count"], body["eval_count"]) == (10, 6)
+    assert [(c.protocol, c.behavior, c.usage) for c in sim.ledger.calls] == [
+        (Provider.OPENAI, "cached-reasoning",
+         TokenCounts(input_tokens=5, cache_read_tokens=5, output_tokens=6, reasoning_tokens=16)),
+        (Provider.ANTHROPIC, "cached-reasoning",
+         TokenCounts(input_tokens=3, cache_read_tokens=5, cache_write_tokens=2, output_tokens=6)),
+        (Provider.MISTRAL, "cached-reasoning", TokenCounts(input_tokens=5, cache_read_tokens=5, output_tokens=6)),
+        (Provider.OLLAMA, "cached-reasoning", TokenCounts(input_tokens=10, output_tokens=6)),
+    ]
+
+
 @pytest.mark.parametrize("provider", list(Provider))
 async def test_nousage_answers_2xx_unbilled(
     sim: ProviderSimulator, client: httpx.AsyncClient, provider: Provider
@@ -416,6 +444,12 @@ async def test_http_ledger_and_reset(sim: ProviderSimulator, client: httpx.Async
     await post(client, sim, Provider.OPENAI, model="sim-reasoning", user=USER)
     await post(client, sim, Provider.OPENAI, model="sim-quota")
     ledger = (await client.get(f"{sim.root_url}/_sim/ledger")).json()
+    assert [(r["method"], r["path"], r["protocol"], r["has_auth"]) for r in ledger["requests"]] == [
+        ("POST", "/mistral/v1/chat/completions", "mistral", True),
+        ("POST", "/openai/v1/chat/completions", "openai", True),
+        ("POST", "/openai/v1/chat/completions", "openai", True),
+        ("GET", "/_sim/ledger", None, False),  # recorded on arrival: the ledger read shows itself
+    ]
     assert [c["protocol"] for c in ledger["calls"]] == ["mistral", "openai", "openai"]
     assert [c["billed"] for c in ledger["calls"]] == [True, True, False]
     assert ledger["calls"][1]["usage"]["reasoning_tokens"] == 16
@@ -424,9 +458,86 @@ async def test_http_ledger_and_reset(sim: ProviderSimulator, client: httpx.Async
         "output_tokens": 8, "reasoning_tokens": 16,
     }
     assert (await client.post(f"{sim.root_url}/_sim/reset")).status_code == 200
+    assert sim.ledger.requests() == [], "the reset clears the all-requests record, its own request included"
     ledger = (await client.get(f"{sim.root_url}/_sim/ledger")).json()
     assert ledger["calls"] == []
     assert ledger["totals"]["requests"] == 0
+    assert [(r["method"], r["path"]) for r in ledger["requests"]] == [("GET", "/_sim/ledger")]
+    assert sim.ledger.calls == []
+
+
+# ------------------------------------------------------------------------- every request, any path
+
+
+def seen(sim: ProviderSimulator) -> list[tuple[str, str, Provider | None, bool]]:
+    return [(r.method, r.path, r.protocol, r.has_auth) for r in sim.ledger.requests()]
+
+
+async def test_every_request_is_recorded_whatever_its_path(
+    sim: ProviderSimulator, client: httpx.AsyncClient
+) -> None:
+    started = time.time()
+    # On a protocol route: a call in the ledger as well.
+    assert (await post(client, sim, Provider.OPENAI, user=USER)).status_code == 200
+    # A base URL that points at the simulator with a path prefix it does not serve (a key sent to the
+    # wrong endpoint): no route, so no ledger call, but the request is on record.
+    elsewhere = f"{sim.root_url}/elsewhere/v1/chat/completions"
+    body = body_for(Provider.OPENAI, "gpt-4o", USER)
+    assert (await client.post(elsewhere, json=body, headers=headers_for(Provider.OPENAI))).status_code == 404
+    wrong = sim.base_url(Provider.ANTHROPIC) + "/v9/messages"
+    anthropic = body_for(Provider.ANTHROPIC, "claude", USER)
+    headers = headers_for(Provider.ANTHROPIC, key=ANTHROPIC_KEY)
+    assert (await client.post(wrong, json=anthropic, headers=headers)).status_code == 404
+    # A protocol path with the wrong method is not that protocol's route.
+    assert (await client.get(sim.base_url(Provider.OPENAI) + PATHS[Provider.OPENAI])).status_code == 405
+    # Ollama takes no key; a request without a credential header says so.
+    assert (await post(client, sim, Provider.OLLAMA, user=USER)).status_code == 200
+
+    assert seen(sim) == [
+        ("POST", "/openai/v1/chat/completions", Provider.OPENAI, True),
+        ("POST", "/elsewhere/v1/chat/completions", None, True),
+        ("POST", "/anthropic/v9/messages", None, True),
+        ("GET", "/openai/v1/chat/completions", None, False),
+        ("POST", "/ollama/api/chat", Provider.OLLAMA, False),
+    ]
+    assert all(isinstance(r, SeenRequest) and started <= r.at <= time.time() for r in sim.ledger.requests())
+    # The ledger's calls and its billing are exactly what they were: the protocol routes only.
+    assert [c.protocol for c in sim.ledger.calls] == [Provider.OPENAI, Provider.OLLAMA]
+    assert [c.protocol for c in sim.ledger.billed()] == [Provider.OPENAI, Provider.OLLAMA]
+    assert sim.ledger.totals()["requests"] == 2
+
+
+async def test_requests_that_fail_on_a_protocol_route_are_recorded_too(
+    sim: ProviderSimulator, client: httpx.AsyncClient
+) -> None:
+    url = sim.base_url(Provider.MISTRAL) + PATHS[Provider.MISTRAL]
+    assert (await client.post(url, content=b"{not json", headers=headers_for(Provider.MISTRAL))).status_code == 422
+    no_key = headers_for(Provider.MISTRAL, key=None)
+    assert (await post(client, sim, Provider.MISTRAL, headers=no_key)).status_code == 401
+    assert (await post(client, sim, Provider.MISTRAL, model="sim-quota")).status_code == 429
+    route = ("POST", "/mistral/v1/chat/completions", Provider.MISTRAL)
+    assert seen(sim) == [(*route, True), (*route, False), (*route, True)]
+    assert len(sim.ledger.calls) == 3
+    assert sim.ledger.billed() == []
+
+
+async def test_the_requests_record_never_holds_a_key_or_the_query(
+    sim: ProviderSimulator, client: httpx.AsyncClient
+) -> None:
+    elsewhere = f"{sim.root_url}/elsewhere/v1/chat/completions"
+    body = body_for(Provider.OPENAI, "gpt-4o", USER)
+    await client.post(elsewhere, params={"key": KEY}, json=body, headers=headers_for(Provider.OPENAI))
+    await client.post(f"{sim.root_url}/anthropic/v1/messages/extra", json=body,
+                      headers=headers_for(Provider.ANTHROPIC, key=ANTHROPIC_KEY))
+    assert seen(sim) == [
+        ("POST", "/elsewhere/v1/chat/completions", None, True),
+        ("POST", "/anthropic/v1/messages/extra", None, True),
+    ]
+    dumped = (await client.get(f"{sim.root_url}/_sim/ledger")).text
+    assert "/elsewhere/v1/chat/completions" in dumped
+    assert KEY not in dumped
+    assert ANTHROPIC_KEY not in dumped
+    assert "key=" not in dumped
     assert sim.ledger.calls == []
 
 
