@@ -136,7 +136,11 @@ class Worker:
             consumer = lost.consumer
             await _first(stop.wait(), lost.event.wait())
             if not stop.is_set():
-                log.warning("broker.connection_lost", in_flight=len(consumer.in_flight), note="reconnecting")
+                if self._connected():
+                    log.warning("broker.consumer_cancelled", in_flight=len(consumer.in_flight), note="reconnecting")
+                    await self._close_connection()
+                else:
+                    log.warning("broker.connection_lost", in_flight=len(consumer.in_flight), note="reconnecting")
                 self._consumer_tag = None
                 self.ready.clear()
         return consumer
@@ -160,6 +164,15 @@ class Worker:
         underlay = await channel.get_underlay_channel()
         consume_ok = await underlay.basic_consume(self._queue.name, consumer.on_delivery, no_ack=False)
         self._consumer_tag = consume_ok.consumer_tag
+
+        def cancelled_by_broker(_frame: Any) -> None:
+            # The queue was deleted (or the broker dropped the consumer): start over on a new connection,
+            # which declares the topology again and consumes, instead of staying connected and idle.
+            self._consumer_tag = None
+            self.ready.clear()
+            lost.set()
+
+        underlay.on_consumer_cancel_callbacks.add(cancelled_by_broker)
         self.connections += 1
         log.info("worker.started" if self.connections == 1 else "worker.reconnected", queue=self.names.jobs_queue,
                  prefetch=settings.prefetch, health_port=self.health.port if self.health else None)

@@ -6,12 +6,19 @@ import asyncio
 import time
 from urllib.parse import urlsplit, urlunsplit
 
+import aio_pika
 import httpx
 import pytest
 
+from schemas.models import Provider
+from tests.broker import BrokerTap, job_body, publish_jobs
+from tests.conftest import Sealer
 from tests.faults import TcpProxy
 from tests.processes import start_worker
+from worker.constants import Topology
+from worker.service import Worker
 from worker.settings import Settings
+from worker.simulator import ProviderSimulator
 
 
 def via(proxy: TcpProxy, settings: Settings) -> str:
@@ -59,3 +66,37 @@ async def test_readiness_follows_the_broker_and_the_worker_exits_1_when_it_stays
     assert "broker.unreachable" in log
     assert "the broker has been unreachable" in log
     print(f"\n[health] ready=200 → broker lost → 503, exit status {code} after {took:.1f}s (BYOK_RECONNECT_MAX_S=3)")
+
+
+@pytest.mark.timeout(60)
+async def test_a_consumer_the_broker_cancels_comes_back(
+    settings: Settings, simulator: ProviderSimulator, tap: BrokerTap, seal: Sealer
+) -> None:
+    """Deleting the jobs queue under a running worker cancels its consumer (aio-pika #231/#563 territory):
+    readiness drops, the worker starts over (topology declared again, consumer restored) and jobs flow."""
+    base_url = simulator.base_url(Provider.OPENAI)
+    model = {"provider": "openai", "name": "gpt-4o-mini", "base_url": base_url,
+             "sealed_key": seal("ws-cancel", "sk-test-ConsumerCancel0123456789ab", Provider.OPENAI, base_url)}
+    names = Topology(settings.topology_prefix)
+    worker = Worker(settings)
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        await asyncio.wait_for(worker.ready.wait(), 30)
+        await publish_jobs(settings, [job_body("before-cancel", "ws-cancel", model)])
+        await tap.wait_for(lambda: len(tap.results) == 1)
+        connection = await aio_pika.connect(settings.amqp_url.get_secret_value())
+        async with connection:
+            channel = await connection.channel()
+            await channel.queue_delete(names.jobs_queue)
+        deadline = time.monotonic() + 20
+        while worker.connections < 2 or not worker.ready.is_set():
+            assert time.monotonic() < deadline, "the worker never consumed again after its consumer was cancelled"
+            await asyncio.sleep(0.05)
+        await publish_jobs(settings, [job_body("after-cancel", "ws-cancel", model)])
+        await tap.wait_for(lambda: len(tap.results) == 2, timeout_s=20)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+    assert [r.json["job_id"] for r in tap.results] == ["before-cancel", "after-cancel"]
+    assert all(r.json["status"] == "succeeded" for r in tap.results)
