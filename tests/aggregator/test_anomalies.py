@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import random
 from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from schemas.models import ErrorCode
 from tests.aggregator.helpers import Pipeline, at, failed, usage
@@ -22,7 +24,8 @@ HOUR = timedelta(hours=1)
 
 def pipeline(store: Store, prices: PriceTable, **settings: Any) -> Pipeline:
     values: dict[str, Any] = {"spike_factor": 3.0, "spike_floor_tokens": 100_000, "spike_floor_cost_usd": 1000.0,
-                              "spike_baseline_hours": 24, "monthly_budget_usd": None, **settings}
+                              "spike_baseline_hours": 168, "spike_min_active_hours": 6, "monthly_budget_usd": None,
+                              **settings}
     agg = AggregatorSettings(**values)
     return Pipeline(store, AnomalyDetector(store, AnomalyRules(agg, prices), agg))
 
@@ -35,12 +38,92 @@ async def steady_hours(p: Pipeline, hours: int, start: datetime = START) -> None
                        usage(when, automation="a2", input_tokens=5000, output_tokens=1000)])
 
 
+BUSINESS_HOURS = range(9, 15)  # 09:00-15:00 UTC
+
+
+async def business_days(p: Pipeline, days: int, tokens: dict[str, int], start: datetime = START) -> None:
+    """The same 6 busy hours every day (``tokens`` an hour per automation), nothing in between."""
+    for d in range(days):
+        for h in BUSINESS_HOURS:
+            when = start + timedelta(days=d, hours=h, minutes=10)
+            await p.usage([usage(when, automation=auto, input_tokens=n) for auto, n in tokens.items()])
+
+
 async def test_quiet_traffic_raises_nothing(store: Store, prices: PriceTable) -> None:
     p = pipeline(store, prices, monthly_budget_usd=100.0)
     await steady_hours(p, 48)
     await p.failures([failed(START + timedelta(minutes=i * 10)) for i in range(4)])  # below the threshold
     assert await p.alerts() == []
     assert p.notified == 0
+
+
+async def test_quiet_traffic_above_the_floors_with_jitter_raises_nothing(store: Store, prices: PriceTable) -> None:
+    """Every hour of four days is above both floors, so only the ratio keeps them quiet."""
+    p = pipeline(store, prices, spike_floor_cost_usd=0.05)
+    jitter = random.Random(20250301)
+    lowest = 10**9
+    for h in range(4 * 24):
+        when = START + h * HOUR + timedelta(minutes=20)
+        a1, a2 = (round(base * jitter.uniform(0.8, 1.2)) for base in (150_000, 130_000))
+        lowest = min(lowest, a1, a2)
+        await p.usage([usage(when, automation="a1", input_tokens=a1 - 10_000, output_tokens=10_000),
+                       usage(when, automation="a2", input_tokens=a2 - 10_000, output_tokens=10_000)])
+    assert lowest > 100_000  # each automation, and so the workspace, is above the token floor every hour
+    assert await p.alerts() == []
+
+
+async def test_a_daily_business_hours_pattern_raises_nothing(store: Store, prices: PriceTable) -> None:
+    """With the default spike settings: the zero-filled 24 h mean raised 60 alerts here (6 h x 5 days x 2 scopes)."""
+    p = pipeline(store, prices, spike_floor_cost_usd=5.0)
+    await business_days(p, 5, {"a1": 200_000})
+    assert await p.alerts() == []
+
+
+async def test_a_new_workspace_does_not_spike_before_it_has_a_history(store: Store, prices: PriceTable) -> None:
+    p = pipeline(store, prices, spike_floor_cost_usd=0.10)
+    first_hour = START + 9 * HOUR
+    await p.usage([usage(first_hour + timedelta(minutes=m), workspace="fresh", input_tokens=2_000_000)
+                   for m in (1, 2, 3)])  # 6M tokens, $6, in the very first hour of usage
+    for h in range(1, 6):  # then 4x more each hour: fewer than 6 active hours before each, so no baseline yet
+        await p.usage([usage(first_hour + h * HOUR, workspace="fresh", input_tokens=6_000_000 * 4**h)])
+    assert await p.alerts("fresh") == []
+
+
+async def test_a_spike_after_a_business_hours_history_alerts_once_per_scope_and_metric(
+    store: Store, prices: PriceTable
+) -> None:
+    p = pipeline(store, prices, spike_floor_cost_usd=1.0)
+    await business_days(p, 5, {"a1": 200_000, "a2": 150_000})
+    assert await p.alerts() == []
+    spike_hour = START + timedelta(days=5, hours=10)
+    await p.usage([usage(spike_hour + timedelta(minutes=m), automation="a1", input_tokens=350_000)
+                   for m in (5, 15, 25, 35)]  # a1 at 7x its active-hour mean; a2 as usual
+                  + [usage(spike_hour + timedelta(minutes=40), automation="a2", input_tokens=150_000)])
+    await p.usage([usage(spike_hour + timedelta(minutes=50), automation="a1", input_tokens=1_000_000)])  # same window
+    await p.usage([usage(spike_hour + HOUR, automation=auto, input_tokens=n)  # the next hour is normal again
+                   for auto, n in (("a1", 200_000), ("a2", 150_000))])
+    alerts = await p.alerts()
+    key = spike_hour.isoformat()
+    assert [a.dedupe_key for a in alerts] == [
+        f"spike:acme:*:cost_usd:{key}", f"spike:acme:*:tokens:{key}",
+        f"spike:acme:a1:cost_usd:{key}", f"spike:acme:a1:tokens:{key}"]
+    found = {(a.details["automation_id"], a.details["metric"]): a.details for a in alerts}
+    # 30 active hours (6 a day for 5 days) in the 168 h window; gpt-4o-mini input is $1/M on day 1, $2/M after
+    assert {k: (d["value"], d["baseline_mean"], d["active_hours"], d["ratio"]) for k, d in found.items()} == {
+        (None, "tokens"): (1_550_000, 350_000, 30, 4.43),
+        ("a1", "tokens"): (1_400_000, 200_000, 30, 7.0),
+        (None, "cost_usd"): (pytest.approx(3.1), pytest.approx(0.63), 30, 4.92),
+        ("a1", "cost_usd"): (pytest.approx(2.8), pytest.approx(0.36), 30, 7.78),
+    }
+    assert {(d["factor"], d["floor"], d["baseline_hours"], d["min_active_hours"]) for d in found.values()} == {
+        (3.0, 100_000, 168, 6), (3.0, 1.0, 168, 6)}
+
+
+def test_the_spike_baseline_defaults_to_a_week_and_needs_its_history_to_fit() -> None:
+    defaults = AggregatorSettings()
+    assert (defaults.spike_baseline_hours, defaults.spike_min_active_hours) == (168, 6)
+    with pytest.raises(ValidationError, match="exceeds spike_baseline_hours"):
+        AggregatorSettings(spike_baseline_hours=4, spike_min_active_hours=6)
 
 
 async def test_a_token_spike_alerts_for_the_workspace_and_the_automation_once(

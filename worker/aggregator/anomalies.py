@@ -1,7 +1,9 @@
 """The anomaly and budget rules, as pure functions of numbers read from the store.
 
 - spike: a workspace's (or one automation's) tokens or cost in an hour above ``spike_factor`` x its mean
-  over the ``spike_baseline_hours`` before (hours without usage count as zero) and at least the floor;
+  over its *active* hours (hours with usage) among the ``spike_baseline_hours`` before, and at least the
+  floor; hours without usage are left out (a daily or weekly pattern is not a spike), and a scope with
+  fewer than ``spike_min_active_hours`` active hours in that window has no baseline yet and never spikes;
 - unexpected model: a workspace uses a (provider, model) for the first time (its very first model sets
   its baseline and raises nothing), or a model outside its allowlist (once a day per model);
 - error burst: at least ``error_burst_threshold`` failed results of one code (auth_failed,
@@ -46,6 +48,11 @@ class HourValue:
 
     def __add__(self, other: HourValue) -> HourValue:
         return HourValue(self.tokens + other.tokens, self.cost_usd + other.cost_usd)
+
+    @property
+    def active(self) -> bool:
+        """An hour with usage: it counts in a spike baseline (empty hours do not)."""
+        return self.tokens > 0 or self.cost_usd > 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,34 +151,41 @@ class AnomalyRules:
         settings = self._settings
         span = settings.spike_baseline_hours
         current = values[(workspace, scope, hour)]
-        history = [values.get((workspace, scope, hour - i * HOUR_S), HourValue()) for i in range(1, span + 1)]
-        baseline = HourValue(sum(h.tokens for h in history), sum(h.cost_usd for h in history))
+        window = (values.get((workspace, scope, hour - i * HOUR_S)) for i in range(1, span + 1))
+        active = [h for h in window if h is not None and h.active]
+        if len(active) < settings.spike_min_active_hours:
+            return []  # no history yet (a new scope, or one idle for the whole window): nothing to compare to
+        n = len(active)
         checks = (
-            ("tokens", float(current.tokens), baseline.tokens / span, float(settings.spike_floor_tokens)),
-            ("cost_usd", current.cost_usd, baseline.cost_usd / span, settings.spike_floor_cost_usd),
+            ("tokens", float(current.tokens), sum(h.tokens for h in active) / n, float(settings.spike_floor_tokens)),
+            ("cost_usd", current.cost_usd, sum(h.cost_usd for h in active) / n, settings.spike_floor_cost_usd),
         )
         alerts = []
         for metric, value, mean, floor in checks:
             if value >= floor and value > settings.spike_factor * mean and value > 0:
-                alerts.append(self._spike_alert(workspace, scope, hour, metric, value, mean, floor))
+                alerts.append(self._spike_alert(workspace, scope, hour, metric, value, mean, n, floor))
         return alerts
 
     def _spike_alert(
-        self, workspace: str, scope: str, hour: int, metric: str, value: float, mean: float, floor: float
+        self, workspace: str, scope: str, hour: int, metric: str, value: float, mean: float, active_hours: int,
+        floor: float,
     ) -> Alert:
+        settings = self._settings
         start = from_epoch_s(hour)
         who = f"workspace {workspace}" if scope == WORKSPACE_SCOPE else f"automation {scope} of {workspace}"
-        ratio = None if mean == 0 else round(value / mean, 2)
+        ratio = None if mean == 0 else round(value / mean, 2)  # 0: active hours with no priced cost
         shown = f"{value:.0f} tokens" if metric == "tokens" else f"${value:.2f}"
+        over = f"its {active_hours} active hours of the last {settings.spike_baseline_hours} h"
         return make_alert(
             AlertKind.SPIKE, workspace, f"{scope}:{metric}", (start, start + timedelta(hours=1)),
             f"{who} used {shown} in the hour from {start:%Y-%m-%d %H:00}Z, "
-            + (f"{ratio}x its trailing mean" if ratio is not None else "with no usage in the trailing baseline"),
+            + (f"{ratio}x its mean over {over}" if ratio is not None else f"with none in {over}"),
             {"metric": metric, "scope": "workspace" if scope == WORKSPACE_SCOPE else "automation",
              "automation_id": None if scope == WORKSPACE_SCOPE else scope, "hour_start": start.isoformat(),
              "value": round(value, 6), "baseline_mean": round(mean, 6),
-             "baseline_hours": self._settings.spike_baseline_hours, "ratio": ratio,
-             "factor": self._settings.spike_factor, "floor": floor},
+             "baseline_hours": settings.spike_baseline_hours, "active_hours": active_hours,
+             "min_active_hours": settings.spike_min_active_hours, "ratio": ratio,
+             "factor": settings.spike_factor, "floor": floor},
         )
 
     # ---------------------------------------------------------------- error bursts

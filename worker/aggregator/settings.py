@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import orjson
-from pydantic import Field, PrivateAttr, field_validator
+from pydantic import Field, PrivateAttr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from schemas.models import ErrorCode
@@ -20,8 +20,15 @@ class AggregatorSettings(BaseSettings):
     aggregator_batch_size: int = Field(default=500, ge=1, le=5000)
     aggregator_batch_wait_ms: float = Field(default=50.0, ge=0)
 
-    spike_factor: float = Field(default=3.0, gt=1.0, description="hourly value above k x the trailing mean")
-    spike_baseline_hours: int = Field(default=24, ge=1, le=24 * 31)
+    spike_factor: float = Field(
+        default=3.0, gt=1.0, description="hourly value above k x the mean of the active hours in the window"
+    )
+    spike_baseline_hours: int = Field(
+        default=168, ge=1, le=24 * 31, description="trailing window of the baseline: a week holds daily patterns"
+    )
+    spike_min_active_hours: int = Field(
+        default=6, ge=1, description="a scope with fewer active hours in the window has no baseline: no spike"
+    )
     spike_floor_tokens: int = Field(default=100_000, ge=0, description="a token spike needs at least this")
     spike_floor_cost_usd: float = Field(default=5.0, ge=0, description="a cost spike needs at least this")
 
@@ -61,6 +68,14 @@ class AggregatorSettings(BaseSettings):
     def _split_codes(cls, value: object) -> object:
         if isinstance(value, str):
             return frozenset(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("spike_min_active_hours")
+    @classmethod
+    def _history_fits_the_window(cls, value: int, info: ValidationInfo) -> int:
+        window = info.data.get("spike_baseline_hours")
+        if window is not None and value > window:
+            raise ValueError(f"spike_min_active_hours ({value}) exceeds spike_baseline_hours ({window})")
         return value
 
     @field_validator("budget_alert_ratios", mode="before")
