@@ -31,7 +31,7 @@ from tests.bench import report
 from tests.bench.load import Load, Window, job_body, percentile
 from tests.bench.loop import fast_run, quiet_gc
 from tests.bench.procstat import CpuProbe, find_pid, machine, memory_mb
-from tests.bench.stack import Simulator, Stack, metric_sum, new_prefix, scrape, stack, wait_ready
+from tests.bench.stack import Simulator, Stack, metric_sum, new_prefix, scrape, stack, stop_process, wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKSPACES = [f"bench-ws-{i:02d}" for i in range(16)]
@@ -91,15 +91,6 @@ def _jobs(prefix: str, n: int, sealed: dict[str, str], sim: Simulator, model: st
     return jobs
 
 
-def _stop_bare(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
 async def throughput(services: Stack, kind: str, n: int, prefetch: int, sim: Simulator,
                      profile_dir: Path | None = None) -> Throughput:
     """Prefill ``n`` jobs, start the consumer (``worker`` or ``bare``), time the results between 5% and 95%."""
@@ -142,7 +133,7 @@ async def throughput(services: Stack, kind: str, n: int, prefetch: int, sim: Sim
             if worker is not None:
                 worker.stop()
             if bare is not None:
-                _stop_bare(bare)
+                stop_process(bare)
     cpu, system = dict(probe.used), dict(probe.system)
     cpu["worker" if kind == "worker" else "bare"] = cpu["consumer"]
     return Throughput(kind, n, window.rate, window.hi - window.lo, window.ended - window.started, cpu, system,

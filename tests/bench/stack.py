@@ -52,10 +52,10 @@ class Simulator:
         return Endpoint.resolve(Provider.OPENAI, self.openai_base_url)
 
     def stop(self) -> None:
-        _stop(self.process)
+        stop_process(self.process)
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
+def stop_process(process: subprocess.Popen[bytes]) -> None:
     if process.poll() is None:
         process.terminate()
         try:
