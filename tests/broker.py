@@ -17,6 +17,7 @@ import orjson
 from aio_pika.abc import AbstractIncomingMessage
 
 from worker.constants import JOB_ROUTING_KEY, Topology
+from worker.service import Worker
 from worker.settings import Settings
 from worker.topology import declare_topology, topology_spec
 
@@ -139,3 +140,21 @@ def job_body(job_id: str, workspace_id: str, model: dict[str, Any], *, content: 
         "job_id": job_id, "workspace_id": workspace_id, "model": model,
         "input": {"messages": [{"role": "user", "content": content}]}, **extra,
     })
+
+
+@contextlib.asynccontextmanager
+async def running(worker: Worker) -> AsyncIterator[Worker]:
+    """``worker`` consuming in this event loop until the block ends; its start-up error, if any, is raised."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    ready = asyncio.create_task(worker.ready.wait())
+    done, _ = await asyncio.wait({task, ready}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+    if task in done:
+        ready.cancel()
+        task.result()  # the start-up error, e.g. PRECONDITION_FAILED
+    assert ready in done, "the worker did not become ready"
+    try:
+        yield worker
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -10,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from schemas.models import Provider
-from tests.broker import BrokerTap, broker_tap, byok
+from tests.broker import BrokerTap, broker_tap, byok, running
 from tests.services import VaultServer, rabbit_vhost, start_vault
 from worker.service import Worker
 from worker.settings import Settings
@@ -71,17 +70,8 @@ async def tap(settings: Settings) -> AsyncIterator[BrokerTap]:
 
 @pytest.fixture
 async def running_worker(settings: Settings, tap: BrokerTap) -> AsyncIterator[Worker]:
-    worker = Worker(settings)
-    stop = asyncio.Event()
-    task = asyncio.create_task(worker.run(stop))
-    ready = asyncio.create_task(worker.ready.wait())
-    done, _ = await asyncio.wait({task, ready}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
-    if task in done:
-        task.result()  # raises the startup error
-    assert ready in done, "worker did not become ready"
-    yield worker
-    stop.set()
-    await asyncio.wait_for(task, 30)
+    async with running(Worker(settings)) as worker:
+        yield worker
 
 
 _sealed: dict[tuple[str, ...], str] = {}

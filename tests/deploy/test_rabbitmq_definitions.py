@@ -8,8 +8,6 @@ render_definitions.hash_password), and removes the vhost and the users afterward
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import importlib.util
 import json
 import secrets
@@ -28,6 +26,7 @@ import pytest
 import structlog
 
 from schemas.models import CompletionJob, Provider
+from tests.broker import running
 from tests.deploy.conftest import DEPLOY
 from tests.services import RABBIT_HOST, RABBIT_PORT, VaultServer, wait_for_port
 from worker.aggregator.broker import aggregator_topology
@@ -177,23 +176,6 @@ def _settings(imported: Imported, vault: VaultServer, **overrides: Any) -> Setti
     return Settings(**values)
 
 
-@contextlib.asynccontextmanager
-async def _running(worker: Worker) -> AsyncIterator[Worker]:
-    stop = asyncio.Event()
-    task = asyncio.create_task(worker.run(stop))
-    ready = asyncio.create_task(worker.ready.wait())
-    done, _ = await asyncio.wait({task, ready}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
-    if task in done:
-        ready.cancel()
-        task.result()  # the start-up error, e.g. PRECONDITION_FAILED
-    assert ready in done, "the worker did not become ready"
-    try:
-        yield worker
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
-
-
 async def _refused(action: Any) -> bool:
     try:
         await action
@@ -214,7 +196,7 @@ async def test_a_worker_starts_on_the_imported_definitions_and_users_stay_in_the
     imported: Imported, vault: VaultServer, simulator: ProviderSimulator
 ) -> None:
     with structlog.testing.capture_logs() as logs:
-        async with _running(Worker(_settings(imported, vault))) as worker:
+        async with running(Worker(_settings(imported, vault))) as worker:
             assert worker.ready.is_set()
             assert [e for e in logs if e["log_level"] in ("warning", "error")] == [], "a clean first start"
             await _exercise_users(imported, simulator)

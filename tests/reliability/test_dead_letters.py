@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from schemas.models import Provider
-from tests.broker import BrokerTap, byok, job_body, publish_jobs
+from tests.broker import BrokerTap, byok, job_body, publish_jobs, running
 from tests.conftest import Sealer
 from worker.service import Worker
 from worker.settings import Settings
@@ -32,16 +32,9 @@ async def test_a_message_that_keeps_crashing_its_handler_ends_in_the_dead_letter
     base_url = simulator.base_url(Provider.OPENAI)
     model = {"provider": "openai", "name": "gpt-4o-mini", "base_url": base_url,
              "sealed_key": seal("ws-poison", KEY, Provider.OPENAI, base_url)}
-    worker = Worker(settings, provider_transport=ExplodingTransport)
-    stop = asyncio.Event()
-    task = asyncio.create_task(worker.run(stop))
-    await asyncio.wait_for(worker.ready.wait(), 30)
-    try:
+    async with running(Worker(settings, provider_transport=ExplodingTransport)) as worker:
         await publish_jobs(settings, [job_body("poison-1", "ws-poison", model)])
         await tap.wait_for(lambda: len(tap.dead) == 1, timeout_s=60)
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
     dead = tap.dead[0]
     assert dead.headers.get("x-first-death-reason") == "delivery_limit"
     assert orjson.loads(dead.body)["job_id"] == "poison-1", "the original body is kept"

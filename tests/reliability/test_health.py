@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from schemas.models import Provider
-from tests.broker import BrokerTap, job_body, publish_jobs
+from tests.broker import BrokerTap, job_body, publish_jobs, running
 from tests.conftest import Sealer
 from tests.faults import TcpProxy
 from tests.processes import start_worker
@@ -78,11 +78,7 @@ async def test_a_consumer_the_broker_cancels_comes_back(
     model = {"provider": "openai", "name": "gpt-4o-mini", "base_url": base_url,
              "sealed_key": seal("ws-cancel", "sk-test-ConsumerCancel0123456789ab", Provider.OPENAI, base_url)}
     names = Topology(settings.topology_prefix)
-    worker = Worker(settings)
-    stop = asyncio.Event()
-    task = asyncio.create_task(worker.run(stop))
-    try:
-        await asyncio.wait_for(worker.ready.wait(), 30)
+    async with running(Worker(settings)) as worker:
         await publish_jobs(settings, [job_body("before-cancel", "ws-cancel", model)])
         await tap.wait_for(lambda: len(tap.results) == 1)
         connection = await aio_pika.connect(settings.amqp_url.get_secret_value())
@@ -95,8 +91,5 @@ async def test_a_consumer_the_broker_cancels_comes_back(
             await asyncio.sleep(0.05)
         await publish_jobs(settings, [job_body("after-cancel", "ws-cancel", model)])
         await tap.wait_for(lambda: len(tap.results) == 2, timeout_s=20)
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
     assert [r.json["job_id"] for r in tap.results] == ["before-cancel", "after-cancel"]
     assert all(r.json["status"] == "succeeded" for r in tap.results)

@@ -8,7 +8,6 @@ window of it.
 
 from __future__ import annotations
 
-import asyncio
 import io
 import secrets
 from collections.abc import Iterator
@@ -19,7 +18,7 @@ import pytest
 import structlog
 
 from schemas.models import Provider
-from tests.broker import BrokerTap, job_body, publish_jobs
+from tests.broker import BrokerTap, job_body, publish_jobs, running
 from tests.conftest import Sealer
 from tests.security.leakscan import Artifact, Canary, render, scan
 from worker.logging_setup import processor_chain
@@ -65,16 +64,9 @@ async def test_a_traceback_with_the_key_in_it_never_reaches_a_log_or_a_dead_lett
     base_url = simulator.base_url(Provider.OPENAI)
     model = {"provider": "openai", "name": "gpt-4o-mini", "base_url": base_url,
              "sealed_key": seal("ws-crash-leak", KEY, Provider.OPENAI, base_url)}
-    worker = Worker(settings, provider_transport=LeakyTransport)
-    stop = asyncio.Event()
-    task = asyncio.create_task(worker.run(stop))
-    await asyncio.wait_for(worker.ready.wait(), 30)
-    try:
+    async with running(Worker(settings, provider_transport=LeakyTransport)):
         await publish_jobs(settings, [job_body("crash-leak-1", "ws-crash-leak", model)])
         await tap.wait_for(lambda: len(tap.dead) == 1, timeout_s=60)
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
 
     logs = production_logs.getvalue()
     crashes = [line for line in logs.splitlines() if b'"job.crashed"' in line]
