@@ -25,7 +25,7 @@ schemas: $(STAMP)
 	$(BIN)/python -m schemas.generate
 
 demo: $(STAMP)
-	$(BIN)/python -m worker.demo
+	$(BIN)/python -m worker.testing.demo
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'

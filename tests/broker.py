@@ -16,10 +16,10 @@ import aio_pika
 import orjson
 from aio_pika.abc import AbstractIncomingMessage
 
-from worker.constants import JOB_ROUTING_KEY, Topology
-from worker.service import Worker
+from worker.broker.names import JOB_ROUTING_KEY, Topology
+from worker.broker.topology import declare_topology, topology_spec
+from worker.jobs.service import Worker
 from worker.settings import Settings
-from worker.topology import declare_topology, topology_spec
 
 
 @dataclass
@@ -127,7 +127,7 @@ def byok(settings: Settings, *args: str, stdin: bytes | None = None, check: bool
         "BYOK_STORE_URL": settings.store_url.get_secret_value(),
         **(extra_env or {}),
     }
-    result = subprocess.run([sys.executable, "-m", "worker.cli", *args], input=stdin, capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "worker.cli.main", *args], input=stdin, capture_output=True,
                             env=env, timeout=60, check=False)
     if check and result.returncode != 0:
         raise AssertionError(f"byok {' '.join(args)} exited {result.returncode}: {result.stderr.decode()[-2000:]}")

@@ -11,9 +11,9 @@ import pytest
 from schemas.models import Provider
 from tests.broker import BrokerTap, broker_tap, byok, running
 from tests.services import VaultServer, rabbit_vhost, start_vault
-from worker.service import Worker
+from worker.jobs.service import Worker
 from worker.settings import Settings
-from worker.simulator import ProviderSimulator
+from worker.testing.simulator import ProviderSimulator
 
 Sealer = Callable[..., str]
 

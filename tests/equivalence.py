@@ -1,12 +1,12 @@
 """Proof that the worker's fast paths behave like the code they replaced: ``python -m tests.equivalence``,
 and in ``make test`` through tests/integration/test_fast_paths.py.
 
-1. Provider calls: ``worker.http_pool.AiohttpOrigin`` against ``httpx.AsyncClient`` over
+1. Provider calls: ``worker.providers.http_pool.AiohttpOrigin`` against ``httpx.AsyncClient`` over
    ``httpx_aiohttp.AiohttpTransport`` (the old path), on a local server: what the server sees (method,
    path, every header, body, cookies sent back) and what the caller gets (status, headers, body, or the
    exception type) for plain, compressed, broken, redirecting, slow, dropped and refused answers, for an
    IP-address origin and a host-name origin.
-2. Publishing: ``worker.consumer.Publisher`` against aio-pika's ``Message`` + ``Exchange.publish`` (the old
+2. Publishing: ``worker.jobs.consumer.Publisher`` against aio-pika's ``Message`` + ``Exchange.publish`` (the old
    path), on the local broker: every property of the received messages.
 
 Exits 1 and prints both sides of any difference.
@@ -27,9 +27,9 @@ from aio_pika.abc import AbstractIncomingMessage, DeliveryMode
 from aiohttp import web
 from httpx_aiohttp import AiohttpTransport
 
-from worker.constants import CONTENT_TYPE, Topology
-from worker.consumer import Publisher
-from worker.http_pool import HttpClientPool
+from worker.broker.names import CONTENT_TYPE, Topology
+from worker.jobs.consumer import Publisher
+from worker.providers.http_pool import HttpClientPool
 
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 KINDS = ("ok", "setcookie", "ok", "gzip", "badgzip", "deflate", "repeated", "redirect", "slow", "close")
@@ -122,7 +122,7 @@ def _without_date(outcome: tuple[Any, ...]) -> tuple[Any, ...]:
 
 
 class _OldPublisher:
-    """``worker.consumer.Publisher.publish`` as it was at commit f61f57e."""
+    """``worker.jobs.consumer.Publisher.publish`` as it was at commit f61f57e."""
 
     def __init__(self, channel: aio_pika.abc.AbstractChannel) -> None:
         self._channel = channel

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import httpx
 
-from worker.devstack import free_port
 from worker.settings import Settings
+from worker.testing.devstack import free_port
 
 
 def process_env(settings: Settings, **overrides: str) -> dict[str, str]:
@@ -63,7 +63,7 @@ def start_worker(settings: Settings, ready_timeout_s: float = 30.0, **overrides:
     env = process_env(settings, BYOK_METRICS_LISTEN=f"127.0.0.1:{port}", **overrides)
     log_path = Path(tempfile.mkstemp(prefix="byok-worker-", suffix=".log")[1])
     with log_path.open("wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", "worker.cli", "worker"], stdout=log,
+        process = subprocess.Popen([sys.executable, "-m", "worker.cli.main", "worker"], stdout=log,
                                    stderr=subprocess.STDOUT, env=env)
     worker = ByokProcess(process, log_path, port, env)
     deadline = time.monotonic() + ready_timeout_s

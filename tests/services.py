@@ -10,7 +10,7 @@ import secrets
 import subprocess
 from collections.abc import Iterator
 
-from worker.devstack import DevVault, free_port, start_dev_vault, wait_for_port
+from worker.testing.devstack import DevVault, free_port, start_dev_vault, wait_for_port
 
 RABBIT_HOST = "127.0.0.1"
 RABBIT_PORT = 5672

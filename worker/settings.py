@@ -80,5 +80,11 @@ class Settings(BaseSettings):
         return value
 
 
+def split_listen(listen: str) -> tuple[str, int]:
+    """``host:port`` of a ``*_LISTEN`` setting (``[::1]:80`` too); an empty host is loopback."""
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
 def load_settings() -> Settings:
     return Settings()

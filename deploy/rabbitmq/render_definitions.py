@@ -1,4 +1,4 @@
-"""Render ``deploy/rabbitmq/definitions.json`` from the worker's own topology (``worker.topology``).
+"""Render ``deploy/rabbitmq/definitions.json`` from the worker's own topology (``worker.broker.topology``).
 
 The exchanges, queues and bindings are exactly what the processes declare on start: the worker's
 ``topology_spec(Topology(prefix), delivery_limit=N)`` plus the aggregator's ``aggregator_topology`` (its
@@ -42,9 +42,8 @@ try:
     import worker  # noqa: F401
 except ModuleNotFoundError:  # run from a checkout without the package installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from worker.aggregator.broker import aggregator_topology
-from worker.constants import Topology
-from worker.topology import TopologySpec, topology_spec
+from worker.broker.names import Topology
+from worker.broker.topology import TopologySpec, aggregator_topology, topology_spec
 
 HASHING_ALGORITHM = "rabbit_password_hashing_sha256"
 

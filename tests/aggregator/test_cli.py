@@ -1,4 +1,4 @@
-"""``byok consumption`` and ``byok aggregator`` as registered by ``worker.aggregator.commands.register``."""
+"""``byok consumption`` and ``byok aggregator`` through the ``byok`` parser."""
 
 from __future__ import annotations
 
@@ -17,25 +17,14 @@ import pytest
 from tests.aggregator.helpers import at
 from tests.aggregator.test_consumption import TOTALS, dataset
 from tests.services import free_port
-from worker.aggregator.commands import register
 from worker.aggregator.consumption import consumption
 from worker.aggregator.pricing import load_prices
 from worker.aggregator.store import Store
-
-_RUN_REGISTERED = (
-    "import argparse, sys\n"
-    "from worker.aggregator.commands import register\n"
-    "parser = argparse.ArgumentParser(prog='byok')\n"
-    "register(parser.add_subparsers(dest='command', required=True))\n"
-    "args = parser.parse_args(sys.argv[1:])\n"
-    "sys.exit(args.func(args))\n"
-)
+from worker.cli.main import build_parser
 
 
 def parser() -> argparse.ArgumentParser:
-    built = argparse.ArgumentParser(prog="byok")
-    register(built.add_subparsers(dest="command", required=True))
-    return built
+    return build_parser()
 
 
 @pytest.fixture
@@ -122,7 +111,7 @@ async def test_the_aggregator_command_serves_and_stops_on_sigterm(
     env = {**os.environ, "BYOK_AMQP_URL": amqp_url, "BYOK_TOPOLOGY_PREFIX": topology_prefix,
            "BYOK_STORE_URL": f"sqlite:///{tmp_path / 'agg.db'}", "BYOK_API_LISTEN": f"127.0.0.1:{port}",
            "BYOK_LOG_FORMAT": "console"}
-    process = subprocess.Popen([sys.executable, "-c", _RUN_REGISTERED, "aggregator"], env=env,
+    process = subprocess.Popen([sys.executable, "-m", "worker.cli", "aggregator"], env=env,
                                cwd=Path(__file__).parents[2], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         async with asyncio.timeout(20), aiohttp.ClientSession() as session:

@@ -12,12 +12,11 @@ from aio_pika.abc import AbstractChannel, AbstractQueue
 
 from tests.aggregator.helpers import at
 from worker.aggregator.alerts import AlertKind, make_alert
-from worker.aggregator.broker import aggregator_topology
 from worker.aggregator.metrics import AggregatorMetrics
 from worker.aggregator.publisher import AlertPublisher
 from worker.aggregator.store import Store
-from worker.constants import Topology
-from worker.topology import declare_topology
+from worker.broker.names import Topology
+from worker.broker.topology import aggregator_topology, declare_topology
 
 WINDOW = (at("2025-03-01 10:00"), at("2025-03-01 11:00"))
 

@@ -20,7 +20,7 @@ from tests.aggregator.test_consumption import TOTALS, dataset
 from worker.aggregator.consumption import consumption
 from worker.aggregator.service import RunningAggregator, run_aggregator
 from worker.aggregator.settings import AggregatorSettings
-from worker.constants import Topology, result_routing_key, usage_routing_key
+from worker.broker.names import Topology, result_routing_key, usage_routing_key
 from worker.settings import Settings
 
 T = TypeVar("T")

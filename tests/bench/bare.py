@@ -17,7 +17,7 @@ import aio_pika
 import orjson
 from aio_pika.abc import AbstractIncomingMessage
 
-from worker.constants import CONTENT_TYPE, Topology
+from worker.broker.names import CONTENT_TYPE, Topology
 
 # A result and a usage event shaped like the worker's for the bench jobs (sizes matter to the broker).
 RESULT = orjson.dumps({

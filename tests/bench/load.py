@@ -1,7 +1,7 @@
 """The load generator and result collector: publishes jobs, timestamps every result as it arrives.
 
 Hot paths use aiormq directly (the layer under aio-pika) so this process takes as little CPU from the
-measured ones as it can; topology declarations go through ``worker.topology`` like the worker's.
+measured ones as it can; topology declarations go through ``worker.broker.topology`` like the worker's.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import aiormq
 import orjson
 from aiormq.abc import DeliveredMessage
 
-from worker.constants import CONTENT_TYPE, JOB_ROUTING_KEY, Topology
-from worker.topology import declare_topology, topology_spec
+from worker.broker.names import CONTENT_TYPE, JOB_ROUTING_KEY, Topology
+from worker.broker.topology import declare_topology, topology_spec
 
 PUBLISH_BATCH = 500
 

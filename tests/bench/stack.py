@@ -25,10 +25,10 @@ from pydantic import SecretStr
 from schemas.models import Provider
 from tests.processes import ByokProcess, process_env
 from tests.services import rabbit_vhost
-from worker.devstack import DevVault, free_port, start_dev_vault, wait_for_port
-from worker.endpoint import Endpoint
-from worker.keys import KeyAdmin
+from worker.keys.admin import KeyAdmin
+from worker.keys.endpoint import Endpoint
 from worker.settings import Settings
+from worker.testing.devstack import DevVault, free_port, start_dev_vault, wait_for_port
 
 PROVIDER_KEY = "sk-bench-" + "k" * 40
 
@@ -128,7 +128,7 @@ class Stack:
                      "BYOK_METRICS_LISTEN": f"127.0.0.1:{port}", **env}
         log_path = self.workdir / f"worker-{prefix}.log"
         with log_path.open("wb") as log:
-            process = subprocess.Popen([sys.executable, "-m", "worker.cli", "worker"], stdout=log,
+            process = subprocess.Popen([sys.executable, "-m", "worker.cli.main", "worker"], stdout=log,
                                        stderr=subprocess.STDOUT, env=process_env(self.settings(prefix), **overrides),
                                        cwd=self.worker_source)
         return ByokProcess(process, log_path, port)

@@ -7,8 +7,8 @@ from typing import Any
 from hypothesis import strategies as st
 
 from schemas.models import CompletionJob, Provider
-from worker.endpoint import Endpoint
-from worker.errors import InvalidJob
+from worker.failures import InvalidJob
+from worker.keys.endpoint import Endpoint
 from worker.providers import ADAPTERS
 from worker.providers.base import ProviderRequest
 

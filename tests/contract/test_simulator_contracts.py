@@ -26,7 +26,7 @@ from tests.contract.specs import (
     unknown_keys,
 )
 from worker.providers import ADAPTERS
-from worker.simulator import BEHAVIOR_HEADER, ProviderSimulator
+from worker.testing.simulator import BEHAVIOR_HEADER, ProviderSimulator
 
 ANTHROPIC_MESSAGE: TypeAdapter[Any] = TypeAdapter(anthropic_types.Message)
 ANTHROPIC_ERROR: TypeAdapter[Any] = TypeAdapter(anthropic_types.ErrorResponse)

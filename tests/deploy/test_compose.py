@@ -163,7 +163,7 @@ def test_dockerignore_keeps_what_the_image_needs_and_nothing_else() -> None:
                 verdict = not rule.startswith("!")
         return verdict
 
-    for needed in ("pyproject.toml", "README.md", "worker/cli.py", "worker/data/prices.json", "schemas/models.py"):
+    for needed in ("pyproject.toml", "README.md", "worker/cli/main.py", "worker/data/prices.json", "schemas/models.py"):
         assert not ignored(needed), needed
         assert (REPO / needed).exists(), needed
     for unwanted in (".git/config", ".venv/bin/python", "tests/conftest.py", "deploy/compose.yaml",

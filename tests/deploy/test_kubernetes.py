@@ -22,7 +22,7 @@ from pydantic import BaseModel
 
 from tests.deploy.conftest import DEPLOY, K8S, RENDERS, kustomize
 from worker.aggregator.settings import AggregatorSettings
-from worker.constants import Topology
+from worker.broker.names import Topology
 from worker.settings import Settings
 
 Doc = dict[str, Any]

@@ -29,13 +29,12 @@ from schemas.models import CompletionJob, Provider
 from tests.broker import running
 from tests.deploy.conftest import DEPLOY
 from tests.services import RABBIT_HOST, RABBIT_PORT, VaultServer, wait_for_port
-from worker.aggregator.broker import aggregator_topology
-from worker.constants import JOB_ROUTING_KEY, Topology
-from worker.service import Worker
+from worker.broker.names import JOB_ROUTING_KEY, Topology
+from worker.broker.topology import aggregator_topology, declare_topology, topology_spec
+from worker.cli.submit import submit
+from worker.jobs.service import Worker
 from worker.settings import Settings
-from worker.simulator import ProviderSimulator
-from worker.submit import submit
-from worker.topology import declare_topology, topology_spec
+from worker.testing.simulator import ProviderSimulator
 
 DEFINITIONS = DEPLOY / "rabbitmq" / "definitions.json"
 NAMES = Topology("byok")

@@ -22,9 +22,9 @@ from pydantic import SecretStr
 
 from tests.deploy.conftest import DEPLOY, tool
 from tests.services import VaultServer
+from worker.keys.auth import make_token_source
+from worker.keys.transit import TransitDecryptor
 from worker.settings import Settings, VaultAuthMethod
-from worker.vault import TransitDecryptor
-from worker.vault_auth import make_token_source
 
 SETUP = DEPLOY / "vault" / "setup.sh"
 

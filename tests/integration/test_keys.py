@@ -24,11 +24,11 @@ from pydantic import SecretStr
 from schemas.models import Provider
 from tests.integration.test_vault_policies import policy_token, write_policy
 from tests.services import VaultServer
-from worker import keys_cli
-from worker.endpoint import Endpoint, binding_b64
-from worker.errors import KeyUnavailable
-from worker.vault import TransitDecryptor
-from worker.vault_auth import StaticToken
+from worker.cli import keys as keys_cli
+from worker.failures import KeyUnavailable
+from worker.keys.auth import StaticToken
+from worker.keys.endpoint import Endpoint, binding_b64
+from worker.keys.transit import TransitDecryptor
 
 SEALED_LINE = re.compile(r"vault:v(\d+):[A-Za-z0-9+/]+={0,2}\n")
 KEY = "sk-proj-lifecycle-test-0123456789abcdefghij"
@@ -285,7 +285,7 @@ def test_the_byok_command_seals_from_stdin_and_shows_the_key_nowhere(
     """The real entry point in a subprocess: a pipe on stdin, one line on stdout, the key in no output."""
     assert keys("create", ws).code == 0
     env = {k: v for k, v in os.environ.items() if not k.startswith("BYOK_")} | keys_env
-    argv = [sys.executable, "-m", "worker.cli", "keys", "seal", ws, "--provider", "openai"]
+    argv = [sys.executable, "-m", "worker.cli.main", "keys", "seal", ws, "--provider", "openai"]
     result = subprocess.run(argv, input=KEY.encode() + b"\n", capture_output=True, env=env, cwd=REPO,
                             timeout=60, check=False)
     assert result.returncode == 0, result.stderr.decode()

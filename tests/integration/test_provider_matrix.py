@@ -16,9 +16,9 @@ import pytest
 from schemas.models import Provider, TokenCounts
 from tests.broker import BrokerTap, job_body, publish_jobs
 from tests.conftest import Sealer
-from worker.service import Worker
+from worker.jobs.service import Worker
 from worker.settings import Settings
-from worker.simulator import ProviderSimulator
+from worker.testing.simulator import ProviderSimulator
 
 KEYS = {
     Provider.OPENAI: "sk-test-openai-matrix-000000000000",

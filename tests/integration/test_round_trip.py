@@ -9,10 +9,10 @@ import structlog
 from schemas.models import CompletionResult, Provider, UsageEvent
 from tests.broker import BrokerTap, job_body, publish_jobs
 from tests.conftest import Sealer
-from worker.constants import Topology
-from worker.service import Worker
+from worker.broker.names import Topology
+from worker.jobs.service import Worker
 from worker.settings import Settings
-from worker.simulator import ProviderSimulator
+from worker.testing.simulator import ProviderSimulator
 
 KEY = "sk-test-RoundTrip0123456789abcdefXYZ"
 

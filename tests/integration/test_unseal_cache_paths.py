@@ -26,17 +26,17 @@ from schemas.models import Provider
 from tests.broker import job_body
 from tests.conftest import Sealer
 from tests.services import start_vault
-from worker.endpoint import Endpoint
-from worker.http_pool import HttpClientPool
-from worker.keys import KeyAdmin
-from worker.metrics import WorkerMetrics
-from worker.pipeline import Completed, Delivery, JobRunner, Outcome, RetryLater
-from worker.service import VAULT_LIMITS
+from worker.jobs.metrics import WorkerMetrics
+from worker.jobs.pipeline import Completed, Delivery, JobRunner, Outcome, RetryLater
+from worker.jobs.service import VAULT_LIMITS
+from worker.keys.admin import KeyAdmin
+from worker.keys.auth import make_token_source
+from worker.keys.endpoint import Endpoint
+from worker.keys.transit import TransitDecryptor
+from worker.keys.unseal_cache import UnsealCache
+from worker.providers.http_pool import HttpClientPool
 from worker.settings import Settings
-from worker.simulator import ProviderSimulator, key_fingerprint
-from worker.unseal_cache import UnsealCache
-from worker.vault import TransitDecryptor
-from worker.vault_auth import make_token_source
+from worker.testing.simulator import ProviderSimulator, key_fingerprint
 
 MODEL = "gpt-4o-mini"
 

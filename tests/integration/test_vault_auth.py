@@ -27,12 +27,9 @@ from pydantic import SecretStr
 from schemas.models import Provider
 from tests.integration.test_vault_policies import policy_token, write_policy
 from tests.services import VaultServer
-from worker.endpoint import Endpoint, binding_b64
-from worker.errors import VaultUnavailable
-from worker.keys import KeyAdmin
-from worker.settings import Settings, VaultAuthMethod
-from worker.vault import TransitDecryptor
-from worker.vault_auth import (
+from worker.failures import VaultUnavailable
+from worker.keys.admin import KeyAdmin
+from worker.keys.auth import (
     AppRoleAuth,
     KubernetesAuth,
     RenewingTokenSource,
@@ -41,6 +38,9 @@ from worker.vault_auth import (
     VaultHttp,
     make_token_source,
 )
+from worker.keys.endpoint import Endpoint, binding_b64
+from worker.keys.transit import TransitDecryptor
+from worker.settings import Settings, VaultAuthMethod
 
 KEY = "sk-auth-test-0123456789abcdefghij"
 

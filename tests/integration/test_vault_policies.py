@@ -20,7 +20,7 @@ import pytest
 
 from schemas.models import Provider
 from tests.services import VaultServer
-from worker.endpoint import Endpoint, binding_b64
+from worker.keys.endpoint import Endpoint, binding_b64
 
 POLICY_DIR = Path(__file__).resolve().parents[2] / "deploy" / "vault"
 SAMPLE_KEY = b"sk-policy-matrix-0123456789abcdef"

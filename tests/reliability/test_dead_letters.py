@@ -11,9 +11,9 @@ import pytest
 from schemas.models import Provider
 from tests.broker import BrokerTap, byok, job_body, publish_jobs, running
 from tests.conftest import Sealer
-from worker.service import Worker
+from worker.jobs.service import Worker
 from worker.settings import Settings
-from worker.simulator import ProviderSimulator
+from worker.testing.simulator import ProviderSimulator
 
 KEY = "sk-test-DeadLetters0123456789abcdef"
 

@@ -27,11 +27,11 @@ from tests.conftest import Sealer
 from tests.faults import TcpProxy
 from tests.processes import kill, start_worker
 from tests.services import start_vault
-from worker.aggregator.commands import query_consumption
 from worker.aggregator.service import RunningAggregator, run_aggregator
-from worker.service import Worker
+from worker.cli.consumption import query_consumption
+from worker.jobs.service import Worker
 from worker.settings import Settings
-from worker.simulator import ProviderSimulator
+from worker.testing.simulator import ProviderSimulator
 
 KEY = "sk-test-Reliability0123456789abcdef"
 

@@ -15,10 +15,10 @@ from tests.broker import BrokerTap, job_body, publish_jobs, running
 from tests.conftest import Sealer
 from tests.faults import TcpProxy
 from tests.processes import start_worker
-from worker.constants import Topology
-from worker.service import Worker
+from worker.broker.names import Topology
+from worker.jobs.service import Worker
 from worker.settings import Settings
-from worker.simulator import ProviderSimulator
+from worker.testing.simulator import ProviderSimulator
 
 
 def via(proxy: TcpProxy, settings: Settings) -> str:

@@ -25,10 +25,10 @@ import httpx
 from aio_pika.abc import AbstractIncomingMessage
 from aiohttp import web
 
-from worker.constants import DELAY_STEPS_MS, JOB_ROUTING_KEY, Topology
+from worker.broker.names import DELAY_STEPS_MS, JOB_ROUTING_KEY, Topology
+from worker.broker.topology import declare_topology, topology_spec
 from worker.settings import Settings
-from worker.simulator import key_fingerprint
-from worker.topology import declare_topology, topology_spec
+from worker.testing.simulator import key_fingerprint
 
 WINDOW = 12
 """Characters (bytes) of a canary that count as a leak on their own."""

@@ -21,10 +21,10 @@ from schemas.models import Provider
 from tests.broker import BrokerTap, job_body, publish_jobs, running
 from tests.conftest import Sealer
 from tests.security.leakscan import Artifact, Canary, render, scan
+from worker.jobs.service import Worker
 from worker.logging_setup import processor_chain
-from worker.service import Worker
 from worker.settings import Settings
-from worker.simulator import ProviderSimulator
+from worker.testing.simulator import ProviderSimulator
 
 KEY = f"sk-canary-{secrets.token_hex(16)}"
 

@@ -51,9 +51,9 @@ from tests.security.leakscan import (
     wait_until,
 )
 from tests.services import VaultServer
-from worker.service import Worker
+from worker.jobs.service import Worker
 from worker.settings import Settings
-from worker.simulator import CLIENT_GONE, ProviderSimulator, key_fingerprint
+from worker.testing.simulator import CLIENT_GONE, ProviderSimulator, key_fingerprint
 
 ALNUM = string.ascii_letters + string.digits
 SLOW_MS = 2500

@@ -1,4 +1,4 @@
-"""worker.endpoint: one spelling per endpoint, the binding sealed into a key, where a key may travel."""
+"""worker.keys.endpoint: one spelling per endpoint, the binding sealed into a key, where a key may travel."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import base64
 import pytest
 
 from schemas.models import Provider
-from worker.endpoint import (
+from worker.keys.endpoint import (
     BINDING_VERSION,
     DEFAULT_BASE_URLS,
     Endpoint,

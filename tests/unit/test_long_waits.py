@@ -8,13 +8,13 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import orjson
 
-from worker.constants import DELAY_STEPS_MS, HEADER_ATTEMPTS, HEADER_FIRST_SEEN, HEADER_NOT_BEFORE
-from worker.consumer import delayed_headers
-from worker.http_pool import HttpClientPool
-from worker.metrics import WorkerMetrics
-from worker.pipeline import Completed, Delivery, JobRunner, RetryLater
+from worker.broker.names import DELAY_STEPS_MS, HEADER_ATTEMPTS, HEADER_FIRST_SEEN, HEADER_NOT_BEFORE
+from worker.jobs.consumer import delayed_headers
+from worker.jobs.metrics import WorkerMetrics
+from worker.jobs.pipeline import Completed, Delivery, JobRunner, RetryLater
+from worker.keys.unseal_cache import UnsealCache
+from worker.providers.http_pool import HttpClientPool
 from worker.settings import Settings
-from worker.unseal_cache import UnsealCache
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 LONGEST_S = DELAY_STEPS_MS[-1] / 1000

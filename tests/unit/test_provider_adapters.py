@@ -12,8 +12,8 @@ import orjson
 import pytest
 
 from schemas.models import CompletionJob, ErrorCode, Provider
-from worker.endpoint import Endpoint
-from worker.errors import InvalidJob, JobFailure, RetryableFailure
+from worker.failures import InvalidJob, JobFailure, RetryableFailure
+from worker.keys.endpoint import Endpoint
 from worker.providers import ADAPTERS
 from worker.providers.anthropic import DEFAULT_MAX_TOKENS
 from worker.providers.call import call_provider

@@ -6,8 +6,9 @@ from email.utils import format_datetime
 
 import pytest
 
-from worker.consumer import delay_step_ms
-from worker.retry import backoff_delay, parse_retry_after
+from worker.jobs.consumer import delay_step_ms
+from worker.jobs.retry import backoff_delay
+from worker.providers.retry_after import parse_retry_after
 
 
 def test_retry_after_forms() -> None:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from worker.endpoint import EndpointError, check_vault_addr
-from worker.keys import KeyAdmin, KeyUsageError
+from worker.keys.admin import KeyAdmin, KeyUsageError
+from worker.keys.auth import VaultAuthError, make_token_source
+from worker.keys.endpoint import EndpointError, check_vault_addr
 from worker.settings import Settings
-from worker.vault_auth import VaultAuthError, make_token_source
 
 SECRETS = {
     "BYOK_AMQP_URL": "amqp://byok:amqp-Pa55word-0001@broker:5672/",
@@ -59,7 +59,7 @@ def test_worker_and_key_admin_refuse_plain_http_vault() -> None:
 def test_invalid_settings_exit_2_naming_the_variable_never_its_value(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from worker.cli import main
+    from worker.cli.main import main
 
     monkeypatch.setenv("BYOK_AMQP_URL", SECRETS["BYOK_AMQP_URL"])
     monkeypatch.setenv("BYOK_PREFETCH", "lots")

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from schemas.models import Provider, TokenCounts
-from worker.simulator import ProviderSimulator, SeenRequest, parse_behavior, serve_forever
+from worker.testing.simulator import ProviderSimulator, SeenRequest, parse_behavior, serve_forever
 
 KEY = "sk-test-simulator-0123456789abcdef"
 ANTHROPIC_KEY = "sk-ant-test-simulator-0123456789"

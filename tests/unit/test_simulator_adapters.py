@@ -7,12 +7,12 @@ from collections.abc import AsyncIterator
 import pytest
 
 from schemas.models import CompletionJob, ErrorCode, Provider
-from worker.endpoint import Endpoint
-from worker.errors import JobFailure, RetryableFailure
-from worker.http_pool import HttpClientPool
+from worker.failures import JobFailure, RetryableFailure
+from worker.keys.endpoint import Endpoint
 from worker.providers import ADAPTERS, ProviderReply
 from worker.providers.call import call_provider
-from worker.simulator import ProviderSimulator
+from worker.providers.http_pool import HttpClientPool
+from worker.testing.simulator import ProviderSimulator
 
 KEY = "sk-sim-adapter-test-0123456789"
 

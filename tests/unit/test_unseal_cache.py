@@ -5,7 +5,7 @@ import asyncio
 import pytest
 from pydantic import SecretStr
 
-from worker.unseal_cache import UnsealCache
+from worker.keys.unseal_cache import UnsealCache
 
 
 class Clock:

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from schemas.models import Provider, TokenCounts
 from worker.providers import ADAPTERS
 from worker.providers.anthropic import anthropic_usage
+from worker.providers.chat_completions import openai_usage
 from worker.providers.mistral import mistral_usage
-from worker.providers.openai import openai_usage
 
 
 def openai_response(usage: dict[str, Any] | None, content: Any = "Hello!") -> dict[str, Any]:

@@ -19,7 +19,7 @@ from worker.aggregator.metrics import AggregatorMetrics
 from worker.aggregator.openapi import openapi_document
 from worker.aggregator.pricing import PriceTable
 from worker.aggregator.store import Store
-from worker.health import split_listen
+from worker.settings import split_listen
 
 log = structlog.get_logger("byok.aggregator")
 

@@ -16,7 +16,7 @@ from aio_pika.abc import AbstractChannel, AbstractExchange, DeliveryMode
 
 from worker.aggregator.metrics import AggregatorMetrics
 from worker.aggregator.store import Store
-from worker.constants import CONTENT_TYPE
+from worker.broker.names import CONTENT_TYPE
 
 log = structlog.get_logger("byok.aggregator")
 

@@ -16,7 +16,6 @@ from aio_pika.abc import AbstractRobustConnection
 
 from worker.aggregator.anomalies import AnomalyRules
 from worker.aggregator.api import AggregatorApi, ApiServer, ApiState
-from worker.aggregator.broker import aggregator_topology
 from worker.aggregator.consumer import BatchConsumer, Handler, Parser
 from worker.aggregator.detector import AnomalyDetector
 from worker.aggregator.handlers import BatchHandlers
@@ -26,9 +25,9 @@ from worker.aggregator.pricing import PriceTable, load_prices
 from worker.aggregator.publisher import AlertPublisher
 from worker.aggregator.settings import AggregatorSettings, load_aggregator_settings
 from worker.aggregator.store import Store
-from worker.constants import Topology
+from worker.broker.names import Topology
+from worker.broker.topology import aggregator_topology, declare_topology
 from worker.settings import Settings
-from worker.topology import declare_topology
 
 log = structlog.get_logger("byok.aggregator")
 

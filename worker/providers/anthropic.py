@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from schemas.models import CompletionJob, Provider, TokenCounts
-from worker.endpoint import Endpoint
-from worker.errors import InvalidJob
+from worker.failures import InvalidJob
+from worker.keys.endpoint import Endpoint
 from worker.providers.base import ProviderReply, ProviderRequest
 from worker.providers.common import classify_status, count, error_body, mentions
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from schemas.models import CompletionJob, Provider, TokenCounts
-from worker.endpoint import Endpoint
+from worker.keys.endpoint import Endpoint
 
 
 @dataclass(frozen=True, slots=True)

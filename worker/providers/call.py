@@ -6,10 +6,10 @@ import httpx
 import orjson
 
 from schemas.models import CompletionJob, ErrorCode
-from worker.endpoint import Endpoint
-from worker.errors import JobFailure, RetryableFailure
-from worker.http_pool import ProviderClient, ProviderResponse
+from worker.failures import JobFailure, RetryableFailure
+from worker.keys.endpoint import Endpoint
 from worker.providers.base import ProviderAdapter, ProviderReply
+from worker.providers.http_pool import ProviderClient, ProviderResponse
 from worker.redaction import REDACTED
 
 
@@ -23,7 +23,7 @@ async def call_provider(
     request = adapter.build_request(job, endpoint, api_key)
     response: httpx.Response | ProviderResponse
     try:
-        # ``AiohttpOrigin.post`` takes the same arguments as ``httpx.AsyncClient.post`` (see worker.http_pool).
+        # ``AiohttpOrigin.post`` takes the same arguments as ``httpx.AsyncClient.post`` (worker.providers.http_pool).
         response = await client.post(
             endpoint.base_url + request.path, content=orjson.dumps(request.body), headers=request.headers
         )

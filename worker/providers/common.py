@@ -9,9 +9,9 @@ from typing import Any
 import orjson
 
 from schemas.models import ErrorCode
-from worker.errors import JobFailure, RetryableFailure
+from worker.failures import JobFailure, RetryableFailure
+from worker.providers.retry_after import parse_retry_after
 from worker.redaction import REDACTED, redact_text
-from worker.retry import parse_retry_after
 
 MAX_PROVIDER_MESSAGE = 300
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from schemas.models import CompletionJob, Provider, TokenCounts
-from worker.endpoint import Endpoint
-from worker.errors import InvalidJob
+from worker.failures import InvalidJob
+from worker.keys.endpoint import Endpoint
 from worker.providers.base import ProviderReply, ProviderRequest
+from worker.providers.chat_completions import chat_messages, openai_usage, parse_chat_completion, sampling_options
 from worker.providers.common import classify_status, count, error_body, mentions
-from worker.providers.openai import chat_messages, openai_usage, parse_chat_completion, sampling_options
 
 MAX_TEMPERATURE = 1.5
 QUOTA_TYPES = frozenset({"insufficient_quota", "quota_exceeded", "billing_error"})

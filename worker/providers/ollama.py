@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from schemas.models import CompletionJob, Provider, TokenCounts
-from worker.endpoint import Endpoint
+from worker.keys.endpoint import Endpoint
 from worker.providers.base import ProviderReply, ProviderRequest
+from worker.providers.chat_completions import chat_messages
 from worker.providers.common import classify_status, count, error_body, mentions
-from worker.providers.openai import chat_messages
 
 COUNTERS = (
     "prompt_eval_count", "eval_count",

@@ -11,7 +11,7 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractChannel
 
-from worker.constants import DELAY_STEPS_MS, JOB_ROUTING_KEY, Topology
+from worker.broker.names import DELAY_STEPS_MS, JOB_ROUTING_KEY, Topology
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,8 +40,10 @@ class TopologySpec:
     bindings: tuple[BindingSpec, ...]
 
 
+QUORUM = {"x-queue-type": "quorum"}
+
+
 def topology_spec(names: Topology, *, delivery_limit: int) -> TopologySpec:
-    quorum = {"x-queue-type": "quorum"}
     exchanges = (
         ExchangeSpec(names.jobs_exchange, "direct"),
         ExchangeSpec(names.dead_letter_exchange, "fanout"),
@@ -54,7 +56,7 @@ def topology_spec(names: Topology, *, delivery_limit: int) -> TopologySpec:
         QueueSpec(
             names.delay_queue(step),
             {
-                **quorum,
+                **QUORUM,
                 "x-message-ttl": step,
                 "x-dead-letter-exchange": names.jobs_exchange,
                 "x-dead-letter-routing-key": JOB_ROUTING_KEY,
@@ -68,10 +70,10 @@ def topology_spec(names: Topology, *, delivery_limit: int) -> TopologySpec:
     queues = (
         QueueSpec(
             names.jobs_queue,
-            {**quorum, "x-dead-letter-exchange": names.dead_letter_exchange, "x-delivery-limit": delivery_limit},
+            {**QUORUM, "x-dead-letter-exchange": names.dead_letter_exchange, "x-delivery-limit": delivery_limit},
         ),
-        QueueSpec(names.dead_letter_queue, dict(quorum)),
-        QueueSpec(names.usage_queue, dict(quorum)),
+        QueueSpec(names.dead_letter_queue, dict(QUORUM)),
+        QueueSpec(names.usage_queue, dict(QUORUM)),
         *delay_queues,
     )
     bindings = (
@@ -95,3 +97,22 @@ async def declare_topology(channel: AbstractChannel, spec: TopologySpec) -> None
         queues[queue.name] = await channel.declare_queue(queue.name, durable=True, arguments=queue.arguments)
     for binding in spec.bindings:
         await queues[binding.queue].bind(exchanges[binding.exchange], routing_key=binding.routing_key)
+
+
+FAILED_RESULTS_BINDING = "*.*.failed"
+
+
+def aggregator_topology(names: Topology) -> TopologySpec:
+    """The aggregator's part, declared idempotently with the same arguments as the worker's."""
+    return TopologySpec(
+        exchanges=(
+            ExchangeSpec(names.usage_exchange, "topic"),
+            ExchangeSpec(names.results_exchange, "topic"),
+            ExchangeSpec(names.alerts_exchange, "topic"),
+        ),
+        queues=(QueueSpec(names.usage_queue, dict(QUORUM)), QueueSpec(names.results_aggregator_queue, dict(QUORUM))),
+        bindings=(
+            BindingSpec(names.usage_exchange, names.usage_queue, "#"),
+            BindingSpec(names.results_exchange, names.results_aggregator_queue, FAILED_RESULTS_BINDING),
+        ),
+    )

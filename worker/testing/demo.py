@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import orjson
 
-from worker.devstack import free_port, port_answers, start_dev_vault, wait_for_port
+from worker.testing.devstack import free_port, port_answers, start_dev_vault, wait_for_port
 
 DEMO_DIR = Path(".demo")
 WORKSPACE = "demo-ws"
@@ -49,7 +49,7 @@ class Stack:
 
     def byok(self, *args: str, stdin: bytes | None = None) -> str:
         result = subprocess.run(
-            [sys.executable, "-m", "worker.cli", *args], input=stdin, capture_output=True, env=self.env,
+            [sys.executable, "-m", "worker.cli.main", *args], input=stdin, capture_output=True, env=self.env,
             timeout=180, check=False,
         )
         if result.returncode != 0:
@@ -59,7 +59,7 @@ class Stack:
     def spawn(self, name: str, *args: str) -> None:
         log = (DEMO_DIR / f"{name}.log").open("wb")
         process = subprocess.Popen(
-            [sys.executable, "-m", "worker.cli", *args], stdout=log, stderr=subprocess.STDOUT, env=self.env
+            [sys.executable, "-m", "worker.cli.main", *args], stdout=log, stderr=subprocess.STDOUT, env=self.env
         )
         self._processes.append((name, process))
 

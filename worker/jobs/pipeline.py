@@ -1,7 +1,7 @@
 """One job, start to finish: validate, check the deadline, unseal, call the provider with retries.
 
 ``JobRunner.run`` never raises for a bad job or a failed call: it returns an ``Outcome`` that says what
-must be published and how the message is settled. The consumer (``worker.consumer``) carries it out.
+must be published and how the message is settled. The consumer (``worker.jobs.consumer``) carries it out.
 """
 
 from __future__ import annotations
@@ -30,17 +30,17 @@ from schemas.models import (
     TokenCounts,
     UsageEvent,
 )
-from worker.endpoint import Endpoint, EndpointError, binding_b64, check_destination
-from worker.errors import InvalidJob, JobFailure, RetryableFailure
-from worker.http_pool import HttpClientPool
-from worker.metrics import WorkerMetrics
+from worker.failures import InvalidJob, JobFailure, RetryableFailure
+from worker.jobs.metrics import WorkerMetrics
+from worker.jobs.retry import backoff_delay
+from worker.keys.endpoint import Endpoint, EndpointError, binding_b64, check_destination
+from worker.keys.transit import TransitDecryptor
+from worker.keys.unseal_cache import UnsealCache
 from worker.providers import adapter_for
 from worker.providers.base import ProviderAdapter, ProviderReply
 from worker.providers.call import call_provider
-from worker.retry import backoff_delay
+from worker.providers.http_pool import HttpClientPool
 from worker.settings import Settings
-from worker.unseal_cache import UnsealCache
-from worker.vault import TransitDecryptor
 
 log = structlog.get_logger("byok.worker")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import sys
 import uuid
@@ -13,7 +14,8 @@ from aio_pika.abc import AbstractIncomingMessage, DeliveryMode
 from pydantic import ValidationError
 
 from schemas.models import CompletionJob
-from worker.constants import CONTENT_TYPE, JOB_ROUTING_KEY, Topology
+from worker.broker.names import CONTENT_TYPE, JOB_ROUTING_KEY, Topology
+from worker.cli.common import configured_settings
 from worker.settings import Settings
 
 
@@ -68,3 +70,30 @@ async def submit(settings: Settings, job: CompletionJob, body: bytes, *, wait_s:
 
 def pretty(body: bytes) -> str:
     return orjson.dumps(orjson.loads(body), option=orjson.OPT_INDENT_2).decode()
+
+
+def _submit(args: argparse.Namespace) -> int:
+    try:
+        job, body = load_job(args.file)
+    except (SubmitError, OSError) as exc:
+        print(f"byok submit: {exc}", file=sys.stderr)
+        return 2
+    result = asyncio.run(submit(configured_settings(), job, body, wait_s=args.timeout if args.wait else None))
+    if not args.wait:
+        print(f"published {job.job_id}")
+        return 0
+    if result is None:
+        print(f"byok submit: no result for {job.job_id} within {args.timeout}s", file=sys.stderr)
+        return 1
+    print(pretty(result))
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    commands = subparsers
+    job = commands.add_parser("submit", help="publish a completion job")
+    job.add_argument("--file", required=True, help="job JSON file, or - for stdin")
+    job.add_argument("--wait", action="store_true", help="wait for the result and print it")
+    job.add_argument("--timeout", type=float, default=120.0, help="seconds to wait with --wait (default 120)")
+    job.set_defaults(func=_submit)
+

@@ -3,7 +3,7 @@
 How a sealed key is bound to its workspace and endpoint
 -------------------------------------------------------
 Every workspace key is a *derived* ``aes256-gcm96`` transit key, and the binding
-``worker.endpoint.binding_b64(workspace, endpoint)`` is the transit ``context`` at seal, at rewrap and at
+``worker.keys.endpoint.binding_b64(workspace, endpoint)`` is the transit ``context`` at seal, at rewrap and at
 unseal. Transit derives a separate AES key from (key version, context), so a sealed key only opens with
 the exact binding it was sealed with: another workspace, provider or base URL fails GCM authentication
 inside Vault, and the plaintext never leaves it.
@@ -33,7 +33,7 @@ import hvac.exceptions
 import requests
 from pydantic import SecretStr
 
-from worker.endpoint import Endpoint, EndpointError, binding_b64, check_vault_addr
+from worker.keys.endpoint import Endpoint, EndpointError, binding_b64, check_vault_addr
 from worker.redaction import redact_text
 from worker.settings import Settings
 

@@ -25,17 +25,17 @@ import structlog
 from aio_pika.abc import AbstractConnection, AbstractQueue
 from httpx_aiohttp import AiohttpTransport
 
-from worker.constants import Topology
-from worker.consumer import JobConsumer, Publisher
-from worker.health import HealthServer, HealthState
-from worker.http_pool import HttpClientPool, TransportFactory
-from worker.metrics import WorkerMetrics
-from worker.pipeline import JobRunner
+from worker.broker.names import Topology
+from worker.broker.topology import declare_topology, topology_spec
+from worker.jobs.consumer import JobConsumer, Publisher
+from worker.jobs.health import HealthServer, HealthState
+from worker.jobs.metrics import WorkerMetrics
+from worker.jobs.pipeline import JobRunner
+from worker.keys.auth import make_token_source
+from worker.keys.transit import TransitDecryptor
+from worker.keys.unseal_cache import UnsealCache
+from worker.providers.http_pool import HttpClientPool, TransportFactory
 from worker.settings import Settings
-from worker.topology import declare_topology, topology_spec
-from worker.unseal_cache import UnsealCache
-from worker.vault import TransitDecryptor
-from worker.vault_auth import make_token_source
 
 log = structlog.get_logger("byok.worker")
 

@@ -17,7 +17,7 @@ import aio_pika
 import orjson
 from aio_pika.abc import AbstractIncomingMessage, DeliveryMode
 
-from worker.constants import (
+from worker.broker.names import (
     CONTENT_TYPE,
     HEADER_ATTEMPTS,
     HEADER_ERROR,

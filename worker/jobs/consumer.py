@@ -23,7 +23,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, DeliveryMode
 from aio_pika.message import IncomingMessage
 from aiormq.abc import DeliveredMessage
 
-from worker.constants import (
+from worker.broker.names import (
     CONTENT_TYPE,
     DELAY_STEPS_MS,
     HEADER_ATTEMPTS,
@@ -35,8 +35,8 @@ from worker.constants import (
     result_routing_key,
     usage_routing_key,
 )
-from worker.metrics import WorkerMetrics
-from worker.pipeline import Completed, DeadLetter, Delivery, JobRunner, Outcome, RetryLater, Unroutable
+from worker.jobs.metrics import WorkerMetrics
+from worker.jobs.pipeline import Completed, DeadLetter, Delivery, JobRunner, Outcome, RetryLater, Unroutable
 
 log = structlog.get_logger("byok.worker")
 

@@ -23,8 +23,8 @@ from typing import Any, TextIO
 from pydantic import SecretStr, ValidationError
 
 from schemas.models import Provider
-from worker.endpoint import Endpoint, EndpointError, check_destination
-from worker.keys import KeyAdmin, KeyAdminError, KeyStatus, KeyUsageError
+from worker.keys.admin import KeyAdmin, KeyAdminError, KeyStatus, KeyUsageError
+from worker.keys.endpoint import Endpoint, EndpointError, check_destination
 from worker.settings import Settings
 
 Command = Callable[[argparse.Namespace], int]
@@ -257,7 +257,7 @@ def _run(args: argparse.Namespace, body: Callable[[KeyAdmin], int]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m worker.keys_cli keys …``: the same commands without the rest of ``byok``."""
+    """``python -m worker.cli.keys keys …``: the same commands without the rest of ``byok``."""
     parser = argparse.ArgumentParser(prog="byok")
     register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)

@@ -25,8 +25,8 @@ import orjson
 import structlog
 from pydantic import SecretStr
 
-from worker.endpoint import EndpointError, check_vault_addr
-from worker.errors import VaultUnavailable
+from worker.failures import VaultUnavailable
+from worker.keys.endpoint import EndpointError, check_vault_addr
 from worker.redaction import redact_text
 from worker.settings import Settings, VaultAuthMethod
 

@@ -7,18 +7,14 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from worker.metrics import WorkerMetrics
+from worker.jobs.metrics import WorkerMetrics
+from worker.settings import split_listen
 
 
 @dataclass
 class HealthState:
     connected: Callable[[], bool]
     consuming: Callable[[], bool]
-
-
-def split_listen(listen: str) -> tuple[str, int]:
-    host, _, port = listen.rpartition(":")
-    return host.strip("[]") or "127.0.0.1", int(port)
 
 
 class HealthServer:

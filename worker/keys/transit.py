@@ -2,7 +2,7 @@
 
 The worker's identity may only decrypt. Workspace keys are *derived* transit keys: a sealed key opens
 only with its workspace's key and the ``context`` it was sealed with (workspace + provider + base URL,
-see ``worker.endpoint.binding``); any other context fails GCM authentication. ``worker.keys`` explains
+see ``worker.keys.endpoint.binding``); any other context fails GCM authentication. ``worker.keys.admin`` explains
 why context rather than associated data (transit rewrap cannot carry associated data).
 """
 
@@ -17,8 +17,8 @@ import httpx
 import orjson
 from pydantic import SecretStr
 
-from worker.errors import KeyUnavailable, VaultUnavailable
-from worker.vault_auth import TokenSource
+from worker.failures import KeyUnavailable, VaultUnavailable
+from worker.keys.auth import TokenSource
 
 DecryptObserver = Callable[[float, str], None]
 """Called with (seconds, outcome) after every Vault call: for the latency metric."""

@@ -1,10 +1,9 @@
-"""The CLI verbs of the aggregator: ``byok aggregator`` and ``byok consumption``."""
+"""``byok consumption``: a workspace's token usage and estimated cost, as a table or JSON."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import re
 import sys
 from collections.abc import Sequence
@@ -33,11 +32,6 @@ _KEY_TITLES = {"day": "day", "provider": "provider", "model": "model", "automati
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    aggregator = subparsers.add_parser(
-        "aggregator", help="consume usage events into the consumption store, detect anomalies, serve the API"
-    )
-    aggregator.set_defaults(func=run_aggregator_command)
-
     query = subparsers.add_parser("consumption", help="a workspace's token usage and estimated cost")
     query.add_argument("workspace", help="workspace id")
     query.add_argument("--since", help="inclusive start: ISO-8601 with offset (2025-06-01T00:00:00Z) or a date")
@@ -47,28 +41,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     query.add_argument("--json", action="store_true", help="print the result as JSON")
     query.set_defaults(func=consumption_command)
-
-
-def _settings() -> Settings:
-    from worker.logging_setup import configure_logging
-
-    settings = load_settings()
-    configure_logging(settings.log_level, settings.log_format)
-    return settings
-
-
-def run_aggregator_command(_args: argparse.Namespace) -> int:
-    from pydantic import ValidationError
-
-    from worker.aggregator.service import run_aggregator
-
-    try:
-        with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(run_aggregator(_settings()))
-    except (StoreError, ValidationError, ValueError, OSError) as exc:  # configuration, price table, store
-        print(f"byok aggregator: {exc}", file=sys.stderr)
-        return 1
-    return 0
 
 
 async def query_consumption(

@@ -1,0 +1,1 @@
+"""The ``byok`` command: ``main`` builds the parser from one module per verb group."""

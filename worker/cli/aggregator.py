@@ -1,0 +1,33 @@
+"""``byok aggregator``: usage events into the consumption store, anomalies, alerts and the HTTP API."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+
+from worker.aggregator.db import StoreError
+from worker.cli.common import configured_settings
+
+
+def run_aggregator_command(_args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from worker.aggregator.service import run_aggregator
+
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(run_aggregator(configured_settings()))
+    except (StoreError, ValidationError, ValueError, OSError) as exc:  # configuration, price table, store
+        print(f"byok aggregator: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    aggregator = subparsers.add_parser(
+        "aggregator", help="consume usage events into the consumption store, detect anomalies, serve the API"
+    )
+    aggregator.set_defaults(func=run_aggregator_command)
+
