@@ -1,6 +1,12 @@
-"""Failures as types that carry their decision: a result code, and whether waiting could help."""
+"""Failures as types that carry their decision: a result code, and whether waiting could help.
+
+A failure is immutable once raised: its fields are set in ``__init__`` and a changed copy is a new
+instance (``with_message``). Whether to retry it is decided in one place, ``worker.jobs.retry.decide``.
+"""
 
 from __future__ import annotations
+
+from typing import Any, ClassVar, Self
 
 from schemas.models import ErrorCode
 
@@ -8,15 +14,32 @@ from schemas.models import ErrorCode
 class JobFailure(Exception):
     """The job ends ``failed`` with this code; retrying the same job will not change that."""
 
-    retryable = False
+    retryable: ClassVar[bool] = False
+    code: ErrorCode
+    message: str
+    provider_status: int | None
 
     def __init__(self, code: ErrorCode, message: str, *, provider_status: int | None = None) -> None:
         super().__init__(message)
-        self.code = code
-        self.message = message
-        self.provider_status = provider_status
-        self.attempts: int | None = None
-        """Provider calls made for the job when it ended here; set by the pipeline."""
+        self._set(code=code, message=message, provider_status=provider_status)
+
+    def _set(self, **fields: Any) -> None:
+        for name, value in fields.items():
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Python itself sets the dunder attributes (__traceback__, __cause__, __notes__…) on raise.
+        if name.startswith("__") and name.endswith("__"):
+            object.__setattr__(self, name, value)
+            return
+        raise AttributeError(f"{type(self).__name__} is immutable: make a new one (with_message)")
+
+    def with_message(self, message: str) -> Self:
+        """The same failure with another message (a provider's echo of the key scrubbed from it)."""
+        clone = type(self).__new__(type(self))
+        Exception.__init__(clone, message)
+        clone._set(**{**vars(self), "message": message})
+        return clone
 
 
 class RetryableFailure(JobFailure):
@@ -25,7 +48,8 @@ class RetryableFailure(JobFailure):
     ``retry_after_s`` is the provider's own hint, if it gave one.
     """
 
-    retryable = True
+    retryable: ClassVar[bool] = True
+    retry_after_s: float | None
 
     def __init__(
         self,
@@ -34,12 +58,9 @@ class RetryableFailure(JobFailure):
         *,
         provider_status: int | None = None,
         retry_after_s: float | None = None,
-        billed_call: bool = True,
     ) -> None:
         super().__init__(code, message, provider_status=provider_status)
-        self.retry_after_s = retry_after_s
-        # False when no provider call was made (Vault unreachable): it must not count as an attempt.
-        self.billed_call = billed_call
+        self._set(retry_after_s=retry_after_s)
 
 
 class InvalidJob(JobFailure):
@@ -56,4 +77,4 @@ class KeyUnavailable(JobFailure):
 
 class VaultUnavailable(RetryableFailure):
     def __init__(self, message: str) -> None:
-        super().__init__(ErrorCode.KEY_UNAVAILABLE, message, billed_call=False)
+        super().__init__(ErrorCode.KEY_UNAVAILABLE, message)

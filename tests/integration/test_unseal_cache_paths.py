@@ -28,6 +28,7 @@ from tests.conftest import Sealer
 from tests.services import start_vault
 from worker.jobs.metrics import WorkerMetrics
 from worker.jobs.pipeline import Completed, Delivery, JobRunner, Outcome, RetryLater
+from worker.jobs.retry import RetryPolicy
 from worker.jobs.service import VAULT_LIMITS
 from worker.keys.admin import KeyAdmin
 from worker.keys.auth import make_token_source
@@ -85,7 +86,9 @@ async def job_runner(settings: Settings) -> AsyncIterator[Rig]:
     )
     cache = UnsealCache(ttl_s=settings.unseal_cache_ttl_s, max_entries=settings.unseal_cache_size)
     try:
-        yield Rig(JobRunner(settings, decryptor=decryptor, http=http, cache=cache, metrics=metrics), cache, metrics)
+        runner = JobRunner(RetryPolicy.from_settings(settings), allowed_hosts=settings.allowed_hosts,
+                           decryptor=decryptor, http=http, cache=cache, metrics=metrics)
+        yield Rig(runner, cache, metrics)
     finally:
         await http.aclose()
         await decryptor.aclose()

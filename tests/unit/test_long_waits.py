@@ -12,6 +12,7 @@ from worker.broker.names import DELAY_STEPS_MS, HEADER_ATTEMPTS, HEADER_FIRST_SE
 from worker.jobs.consumer import delayed_headers
 from worker.jobs.metrics import WorkerMetrics
 from worker.jobs.pipeline import Completed, Delivery, JobRunner, RetryLater
+from worker.jobs.retry import RetryPolicy
 from worker.keys.unseal_cache import UnsealCache
 from worker.providers.http_pool import HttpClientPool
 from worker.settings import Settings
@@ -51,12 +52,12 @@ class Ollama:
 
 
 def runner(provider: Ollama) -> JobRunner:
-    settings = Settings(inline_retry_max_s=2.0)
+    policy = RetryPolicy.from_settings(Settings(inline_retry_max_s=2.0))
     http = HttpClientPool(connect_timeout_s=1, read_timeout_s=1, max_connections=4,
                           transport_factory=lambda: httpx.MockTransport(provider))
     # An Ollama job needs no key: the decryptor is never asked.
-    return JobRunner(settings, decryptor=None, http=http, cache=UnsealCache(ttl_s=1, max_entries=1),  # type: ignore[arg-type]
-                     metrics=WorkerMetrics())
+    return JobRunner(policy, allowed_hosts=None, decryptor=None,  # type: ignore[arg-type]
+                     http=http, cache=UnsealCache(ttl_s=1, max_entries=1), metrics=WorkerMetrics())
 
 
 BODY = orjson.dumps({"job_id": "long-1", "workspace_id": "ws-long", "model": {"provider": "ollama", "name": "llama3"},

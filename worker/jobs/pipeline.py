@@ -30,9 +30,9 @@ from schemas.models import (
     TokenCounts,
     UsageEvent,
 )
-from worker.failures import InvalidJob, JobFailure, RetryableFailure
+from worker.failures import InvalidJob, JobFailure
 from worker.jobs.metrics import WorkerMetrics
-from worker.jobs.retry import backoff_delay
+from worker.jobs.retry import DelayQueue, GiveUp, RetryPolicy, WaitInline, decide
 from worker.keys.endpoint import Endpoint, EndpointError, binding_b64, check_destination
 from worker.keys.transit import TransitDecryptor
 from worker.keys.unseal_cache import UnsealCache
@@ -40,7 +40,6 @@ from worker.providers import adapter_for
 from worker.providers.base import ProviderAdapter, ProviderReply
 from worker.providers.call import call_provider
 from worker.providers.http_pool import HttpClientPool
-from worker.settings import Settings
 
 log = structlog.get_logger("byok.worker")
 
@@ -103,6 +102,13 @@ def validation_reason(error: ValidationError) -> str:
     return short_reason("; ".join(parts))
 
 
+def made_call(failure: JobFailure) -> bool:
+    """Whether a failure from the provider step followed a call that reached the provider (and counts as an
+    attempt): every retryable one, a timeout, and any with a provider status. A request refused before it
+    was sent (``InvalidJob`` from the adapter) made none."""
+    return failure.retryable or failure.provider_status is not None or failure.code is ErrorCode.TIMEOUT
+
+
 def routing_ids(raw: Any) -> tuple[str, str, str | None] | None:
     """job_id, workspace_id, automation_id of a body that failed validation, if it can still be routed."""
     if not isinstance(raw, dict):
@@ -120,14 +126,16 @@ def routing_ids(raw: Any) -> tuple[str, str, str | None] | None:
 class JobRunner:
     def __init__(
         self,
-        settings: Settings,
+        policy: RetryPolicy,
         *,
+        allowed_hosts: frozenset[str] | None,
         decryptor: TransitDecryptor,
         http: HttpClientPool,
         cache: UnsealCache,
         metrics: WorkerMetrics,
     ) -> None:
-        self._settings = settings
+        self._policy = policy
+        self._allowed_hosts = allowed_hosts
         self._decryptor = decryptor
         self._http = http
         self._cache = cache
@@ -143,14 +151,13 @@ class JobRunner:
         if delivery.not_before is not None:
             # Back early from the longest delay queue: wait the rest, without a provider call.
             wait_s = (delivery.not_before - datetime.now(UTC)).total_seconds()
-            if wait_s > self._settings.inline_retry_max_s:
+            if wait_s > self._policy.inline_max_s:
                 return RetryLater(wait_s, delivery.attempts_before, first_seen, "provider's retry-after")
             await asyncio.sleep(max(wait_s, 0.0))
         try:
             return await self._execute(job, delivery, first_seen, started)
         except JobFailure as failure:
-            attempts = failure.attempts if failure.attempts is not None else delivery.attempts_before
-            return self._failed(job, failure, attempts, started)
+            return self._failed(job, failure, delivery.attempts_before, started)
 
     def _parse(self, body: bytes) -> CompletionJob | Completed | Unroutable:
         if len(body) > MAX_JOB_BYTES:
@@ -182,41 +189,46 @@ class JobRunner:
     async def _execute(
         self, job: CompletionJob, delivery: Delivery, first_seen: datetime, started: float
     ) -> Outcome:
+        """Failures before the first try are raised; the retry loop returns every outcome itself."""
         if job.deadline is not None and job.deadline <= datetime.now(UTC):
             raise JobFailure(ErrorCode.EXPIRED, "the job's deadline passed before it was attempted")
         adapter = adapter_for(job.model.provider)
-        if adapter is None:
-            raise InvalidJob(f"provider {job.model.provider.value} is not supported")
         try:
             endpoint = Endpoint.resolve(job.model.provider, job.model.base_url)
-            check_destination(endpoint, self._settings.allowed_hosts, carries_key=adapter.needs_key)
+            check_destination(endpoint, self._allowed_hosts, carries_key=adapter.needs_key)
         except EndpointError as exc:
             code = ErrorCode.KEY_UNAVAILABLE if adapter.needs_key else ErrorCode.INVALID_JOB
             raise JobFailure(code, str(exc)) from None
         attempts = delivery.attempts_before
         transient_failures = 0
         while True:
+            provider_called = False
             try:
                 api_key = await self._unseal(job, endpoint) if adapter.needs_key else None
+                provider_called = True
                 call_started = time.perf_counter()
                 reply = await self._call(adapter, job, endpoint, api_key)
-            except RetryableFailure as failure:
-                attempts += 1 if failure.billed_call else 0
-                transient_failures += 1
-                failure.attempts = attempts
-                self._metrics.retry(job.model.provider.value, failure.code.value)
-                delay = self._retry_delay(job, failure, max(attempts, transient_failures), first_seen)
-                if delay <= self._settings.inline_retry_max_s:
-                    await asyncio.sleep(delay)
-                    continue
-                return RetryLater(delay, attempts, first_seen, short_reason(failure.message))
             except JobFailure as failure:
-                if failure.provider_status is not None or failure.code is ErrorCode.TIMEOUT:
+                if provider_called and made_call(failure):
                     attempts += 1
-                failure.attempts = attempts
+                if failure.retryable:
+                    transient_failures += 1
+                    self._metrics.retry(job.model.provider.value, failure.code.value)
                 if failure.code is ErrorCode.AUTH_FAILED and job.model.sealed_key:
                     self._cache.evict(binding_b64(job.workspace_id, endpoint), job.model.sealed_key)
-                raise
+                decision = decide(
+                    failure, provider_called=provider_called, attempts=attempts,
+                    transient_failures=transient_failures, now=datetime.now(UTC), deadline=job.deadline,
+                    first_seen=first_seen, policy=self._policy,
+                )
+                match decision:
+                    case WaitInline(delay_s):
+                        await asyncio.sleep(delay_s)
+                        continue
+                    case DelayQueue(delay_s):
+                        return RetryLater(delay_s, attempts, first_seen, short_reason(failure.message))
+                    case GiveUp():
+                        return self._failed(job, failure, attempts, started)
             attempts += 1
             return self._succeeded(job, reply, attempts, started, call_started)
 
@@ -232,9 +244,6 @@ class JobRunner:
             return await self._cache.get(
                 binding, sealed, lambda: self._decryptor.decrypt(job.workspace_id, sealed, binding)
             )
-        except RetryableFailure as failure:
-            failure.billed_call = False
-            raise
         finally:
             self._metrics.unseal(hit=self._cache.misses == before)
 
@@ -252,24 +261,6 @@ class JobRunner:
             raise JobFailure(ErrorCode.TIMEOUT, "the job's deadline passed during the provider call") from None
         finally:
             self._metrics.provider_call(job.model.provider.value, time.perf_counter() - started)
-
-    def _retry_delay(self, job: CompletionJob, failure: RetryableFailure, tries: int, first_seen: datetime) -> float:
-        """The wait before the next try, or ``failure`` raised when no try is left.
-
-        Provider calls are bounded by ``max_attempts``; Vault outages only by the deadline or retry window.
-        """
-        settings = self._settings
-        if failure.billed_call and (failure.attempts or 0) >= settings.max_attempts:
-            raise failure
-        delay = backoff_delay(
-            tries, base_s=settings.retry_base_delay_s, max_s=settings.retry_max_delay_s, hint_s=failure.retry_after_s,
-        )
-        now = datetime.now(UTC)
-        if job.deadline is not None and (job.deadline - now).total_seconds() <= delay:
-            raise failure
-        if job.deadline is None and (now - first_seen).total_seconds() + delay > settings.max_retry_window_s:
-            raise failure
-        return delay
 
     def _succeeded(
         self, job: CompletionJob, reply: ProviderReply, attempts: int, started: float, call_started: float

@@ -31,6 +31,7 @@ from worker.jobs.consumer import JobConsumer, Publisher
 from worker.jobs.health import HealthServer, HealthState
 from worker.jobs.metrics import WorkerMetrics
 from worker.jobs.pipeline import JobRunner
+from worker.jobs.retry import RetryPolicy
 from worker.keys.auth import make_token_source
 from worker.keys.transit import TransitDecryptor
 from worker.keys.unseal_cache import UnsealCache
@@ -98,7 +99,8 @@ class Worker:
         self.health = HealthServer(settings.metrics_listen, HealthState(self._connected, self._consuming),
                                    self.metrics)
         await self.health.start()
-        runner = JobRunner(settings, decryptor=decryptor, http=http, cache=self.cache, metrics=self.metrics)
+        runner = JobRunner(RetryPolicy.from_settings(settings), allowed_hosts=settings.allowed_hosts,
+                           decryptor=decryptor, http=http, cache=self.cache, metrics=self.metrics)
         consumer: JobConsumer | None = None
         try:
             consumer = await self._supervise(stop, runner)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from schemas.models import CompletionJob, Provider, TokenCounts
-from worker.failures import InvalidJob
+from worker.failures import InvalidJob, JobFailure
 from worker.keys.endpoint import Endpoint
 from worker.providers.base import ProviderReply, ProviderRequest
 from worker.providers.common import classify_status, count, error_body, mentions
@@ -75,7 +75,7 @@ class AnthropicAdapter:
             raw_usage=raw_usage,
         )
 
-    def classify_error(self, status: int, headers: dict[str, str], body: bytes) -> Exception:
+    def classify_error(self, status: int, headers: dict[str, str], body: bytes) -> JobFailure:
         error = error_body(body).get("error")
         etype = error.get("type") if isinstance(error, dict) else None
         message = error.get("message") if isinstance(error, dict) else None

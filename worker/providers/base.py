@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from schemas.models import CompletionJob, Provider, TokenCounts
+from worker.failures import JobFailure
 from worker.keys.endpoint import Endpoint
 
 
@@ -39,6 +40,6 @@ class ProviderAdapter(Protocol):
 
     def parse_response(self, body: dict[str, Any]) -> ProviderReply: ...
 
-    def classify_error(self, status: int, headers: dict[str, str], body: bytes) -> Exception:
-        """Return (not raise) a ``JobFailure`` or ``RetryableFailure`` for a non-2xx response."""
+    def classify_error(self, status: int, headers: dict[str, str], body: bytes) -> JobFailure:
+        """Return (not raise) a ``JobFailure`` (a ``RetryableFailure`` when waiting may help) for a non-2xx response."""
         ...

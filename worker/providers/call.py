@@ -36,9 +36,9 @@ async def call_provider(
         ) from None
     if not response.is_success:
         failure = adapter.classify_error(response.status_code, dict(response.headers), response.content)
-        if api_key and isinstance(failure, JobFailure) and api_key in failure.message:
+        if api_key and api_key in failure.message:
             # A provider that echoes the key back must not make us carry it into a result.
-            failure.message = failure.message.replace(api_key, REDACTED)
+            failure = failure.with_message(failure.message.replace(api_key, REDACTED))
         raise failure
     try:
         body = orjson.loads(response.content)

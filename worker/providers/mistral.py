@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from schemas.models import CompletionJob, Provider, TokenCounts
-from worker.failures import InvalidJob
+from worker.failures import InvalidJob, JobFailure
 from worker.keys.endpoint import Endpoint
 from worker.providers.base import ProviderReply, ProviderRequest
 from worker.providers.chat_completions import chat_messages, openai_usage, parse_chat_completion, sampling_options
@@ -49,7 +49,7 @@ class MistralAdapter:
     def parse_response(self, body: dict[str, Any]) -> ProviderReply:
         return parse_chat_completion(body, mistral_usage)
 
-    def classify_error(self, status: int, headers: dict[str, str], body: bytes) -> Exception:
+    def classify_error(self, status: int, headers: dict[str, str], body: bytes) -> JobFailure:
         parsed = error_body(body)
         nested = parsed.get("error")
         error: dict[str, Any] = nested if isinstance(nested, dict) else parsed

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from schemas.models import CompletionJob, Provider, TokenCounts
+from worker.failures import JobFailure
 from worker.keys.endpoint import Endpoint
 from worker.providers.base import ProviderReply, ProviderRequest
 from worker.providers.chat_completions import chat_messages
@@ -46,11 +47,8 @@ class OllamaAdapter:
         options = ollama_options(job)
         if options:
             body["options"] = options
-        headers = {"content-type": "application/json"}
-        if api_key is not None:
-            # Ollama itself takes no key; a keyed Ollama-protocol service (a proxy, Ollama's cloud) takes a bearer.
-            headers["authorization"] = f"Bearer {api_key}"
-        return ProviderRequest(path="/api/chat", headers=headers, body=body)
+        # No key: ``needs_key`` is False, so the pipeline never unseals one for Ollama.
+        return ProviderRequest(path="/api/chat", headers={"content-type": "application/json"}, body=body)
 
     def parse_response(self, body: dict[str, Any]) -> ProviderReply:
         message = body.get("message")
@@ -67,7 +65,7 @@ class OllamaAdapter:
             raw_usage=raw_usage if reported else None,
         )
 
-    def classify_error(self, status: int, headers: dict[str, str], body: bytes) -> Exception:
+    def classify_error(self, status: int, headers: dict[str, str], body: bytes) -> JobFailure:
         error = error_body(body).get("error")
         quota = status == 429 and isinstance(error, str) and mentions(error, QUOTA_WORDS)
         return classify_status(status, headers, body, quota_exhausted=quota)

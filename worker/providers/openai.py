@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from schemas.models import CompletionJob, Provider
-from worker.failures import InvalidJob
+from worker.failures import InvalidJob, JobFailure
 from worker.keys.endpoint import Endpoint
 from worker.providers.base import ProviderReply, ProviderRequest
 from worker.providers.chat_completions import chat_messages, parse_chat_completion, sampling_options
@@ -33,7 +33,7 @@ class OpenAIAdapter:
     def parse_response(self, body: dict[str, Any]) -> ProviderReply:
         return parse_chat_completion(body)
 
-    def classify_error(self, status: int, headers: dict[str, str], body: bytes) -> Exception:
+    def classify_error(self, status: int, headers: dict[str, str], body: bytes) -> JobFailure:
         error = error_body(body).get("error")
         codes = {error.get("code"), error.get("type")} if isinstance(error, dict) else set()
         return classify_status(status, headers, body, quota_exhausted=bool(codes & QUOTA_CODES))
