@@ -24,7 +24,7 @@ from pydantic import SecretStr
 from schemas.models import Provider
 from tests.integration.test_vault_policies import policy_token, write_policy
 from tests.services import VaultServer
-from worker.cli import keys as keys_cli
+from worker.cli.main import main as byok
 from worker.failures import KeyUnavailable
 from worker.keys.auth import StaticToken
 from worker.keys.endpoint import Endpoint, binding_b64
@@ -80,7 +80,7 @@ def keys(keys_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pyte
         monkeypatch.setattr(sys, "stdin", stream)
         capsys.readouterr()
         try:
-            code = keys_cli.main(["keys", *args])
+            code = byok(["keys", *args])
         except SystemExit as exited:  # argparse refusing the command line
             code = int(exited.code or 0)
         captured = capsys.readouterr()

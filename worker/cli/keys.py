@@ -255,15 +255,3 @@ def _run(args: argparse.Namespace, body: Callable[[KeyAdmin], int]) -> int:
         _say(args, "interrupted: nothing was sealed")
         return 130
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m worker.cli.keys keys …``: the same commands without the rest of ``byok``."""
-    parser = argparse.ArgumentParser(prog="byok")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    code: int = args.func(args)
-    return code
-
-
-if __name__ == "__main__":
-    sys.exit(main())
