@@ -34,6 +34,11 @@ MAX_TAGS = 16
 
 # pydantic validates with Rust regex, where $ matches only at the very end: "ws\n" is rejected.
 IDENTIFIER_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+# A Vault/OpenBao transit ciphertext as transit writes it: "vault:v", the key version (from 1), ":", standard
+# base64 (padding only at the end).
+SEALED_KEY_PATTERN = r"^vault:v[1-9][0-9]{0,9}:[A-Za-z0-9+/]+={0,2}$"
+# The non-overlapping usage buckets, in the order of TokenCounts' fields (DESIGN.md, "Messages").
+TOKEN_BUCKETS: Final = ("input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens", "reasoning_tokens")
 
 Identifier = Annotated[str, StringConstraints(pattern=IDENTIFIER_PATTERN)]
 JobId = Annotated[str, StringConstraints(min_length=1, max_length=128)]
@@ -81,7 +86,7 @@ class ModelRef(_Message):
     provider: Provider
     name: Annotated[str, StringConstraints(min_length=1, max_length=256)]
     base_url: Annotated[str, StringConstraints(min_length=1, max_length=2048)] | None = None
-    sealed_key: Annotated[str, StringConstraints(pattern=r"^vault:v[0-9]+:[A-Za-z0-9+/=]+$")] | None = None
+    sealed_key: Annotated[str, StringConstraints(pattern=SEALED_KEY_PATTERN)] | None = None
 
     @field_validator("base_url")
     @classmethod

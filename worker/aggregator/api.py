@@ -43,7 +43,7 @@ def _json(data: Any, status: int = 200) -> web.Response:
 def _workspace(request: web.Request) -> str:
     workspace = request.match_info["workspace_id"]
     if not _IDENTIFIER.fullmatch(workspace):
-        raise QueryError("workspace_id must match ^[A-Za-z0-9_-]{1,64}$")
+        raise QueryError(f"workspace_id must match {IDENTIFIER_PATTERN}")
     return workspace
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from schemas.models import TOKEN_BUCKETS
 from worker.aggregator.pricing import PriceTable
 from worker.aggregator.records import Counters, UsageRow
 from worker.aggregator.store import Store
@@ -38,10 +39,7 @@ _KEYS_FOR_GROUP = {
     "automation": ("automation_id",),
 }
 
-_REPORTED_COUNTERS = (
-    "requests", "input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens", "reasoning_tokens",
-    "unreported_requests",
-)
+_REPORTED_COUNTERS = ("requests", *TOKEN_BUCKETS, "unreported_requests")
 
 
 class QueryError(ValueError):

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from pydantic import ValidationError
 
-from schemas.models import CompletionResult, Status, UsageEvent
+from schemas.models import TOKEN_BUCKETS, CompletionResult, Status, UsageEvent
 from worker.aggregator.consumer import InvalidMessage, describe
 
 # Far above any real call, far below the 64-bit integers both stores hold.
 MAX_TOKENS_PER_EVENT = 10**12
-_TOKEN_FIELDS = ("input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens", "reasoning_tokens")
 
 
 def _no_nul(body: bytes) -> None:
@@ -24,7 +23,7 @@ def parse_usage(body: bytes) -> UsageEvent:
         event = UsageEvent.model_validate_json(body)
     except ValidationError as exc:
         raise InvalidMessage(f"not a usage event: {describe(exc)}") from None
-    too_large = [name for name in _TOKEN_FIELDS if getattr(event, name) > MAX_TOKENS_PER_EVENT]
+    too_large = [name for name in TOKEN_BUCKETS if getattr(event, name) > MAX_TOKENS_PER_EVENT]
     if too_large:
         raise InvalidMessage(f"implausible token counts in {', '.join(too_large)} (> {MAX_TOKENS_PER_EVENT})")
     return event

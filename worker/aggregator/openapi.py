@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from schemas.models import IDENTIFIER_PATTERN, TOKEN_BUCKETS
 from worker.aggregator.alerts import Alert, AlertKind
 from worker.aggregator.consumption import GROUPS
 
-_COUNTERS = ("requests", "input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens",
-             "reasoning_tokens", "unreported_requests")
+_COUNTERS = ("requests", *TOKEN_BUCKETS, "unreported_requests")
 
 
 def _counter_properties() -> dict[str, Any]:
@@ -42,7 +42,7 @@ def _json_response(text: str, schema: str) -> dict[str, Any]:
 
 _WORKSPACE = {
     "name": "workspace_id", "in": "path", "required": True,
-    "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
+    "schema": {"type": "string", "pattern": IDENTIFIER_PATTERN},
 }
 
 

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 import orjson
 
+from schemas.models import TOKEN_BUCKETS
 from worker.aggregator.alerts import Alert, AlertKind, Severity
 from worker.aggregator.db import Sql
 from worker.aggregator.records import COUNTER_NAMES, DAY_S, Counters, UsageRow, from_epoch_us
@@ -23,10 +24,7 @@ _HIGHEST_US = 2**62
 
 Period = Literal["hour", "day"]
 
-_RAW_COUNTERS = (
-    "1", "CASE WHEN usage_reported THEN 0 ELSE 1 END", "input_tokens", "cache_read_tokens",
-    "cache_write_tokens", "output_tokens", "reasoning_tokens",
-)
+_RAW_COUNTERS = ("1", "CASE WHEN usage_reported THEN 0 ELSE 1 END", *TOKEN_BUCKETS)
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,20 +7,12 @@ from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
 
-from schemas.models import UsageEvent
+from schemas.models import TOKEN_BUCKETS, UsageEvent
 
 HOUR_S = 3600
 DAY_S = 86_400
 
-COUNTER_NAMES = (
-    "requests",
-    "unreported_requests",
-    "input_tokens",
-    "cache_read_tokens",
-    "cache_write_tokens",
-    "output_tokens",
-    "reasoning_tokens",
-)
+COUNTER_NAMES = ("requests", "unreported_requests", *TOKEN_BUCKETS)
 
 
 @dataclass(frozen=True, slots=True)

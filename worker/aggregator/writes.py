@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import orjson
 
-from schemas.models import CompletionResult, UsageEvent
+from schemas.models import TOKEN_BUCKETS, CompletionResult, UsageEvent
 from worker.aggregator.alerts import Alert
 from worker.aggregator.db import Backend, Sql
 from worker.aggregator.records import (
@@ -31,8 +31,7 @@ ROWS_PER_STATEMENT = 200
 
 EVENT_COLUMNS = (
     "event_id", "job_id", "workspace_id", "automation_id", "provider", "model", "occurred_at_us",
-    "hour_start", "status", "latency_ms", "usage_reported", "input_tokens", "cache_read_tokens",
-    "cache_write_tokens", "output_tokens", "reasoning_tokens", "tags", "raw_usage", "received_at_us",
+    "hour_start", "status", "latency_ms", "usage_reported", *TOKEN_BUCKETS, "tags", "raw_usage", "received_at_us",
 )
 EVENT_TYPES = (
     "text", "text", "text", "text", "text", "text", "bigint", "bigint", "text", "float8", "boolean", "bigint",

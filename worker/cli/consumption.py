@@ -12,20 +12,17 @@ from typing import Any
 
 import orjson
 
-from schemas.models import IDENTIFIER_PATTERN
+from schemas.models import IDENTIFIER_PATTERN, TOKEN_BUCKETS
 from worker.aggregator.consumption import QueryError, consumption, parse_group_by, parse_instant
 from worker.aggregator.db import StoreError
 from worker.aggregator.pricing import load_prices
 from worker.aggregator.store import Store
 from worker.settings import Settings, load_settings
 
+# Each counter and its column title: "cache_read_tokens" is "cache read".
 _COLUMNS = (
     ("requests", "requests"),
-    ("input_tokens", "input"),
-    ("cache_read_tokens", "cache read"),
-    ("cache_write_tokens", "cache write"),
-    ("output_tokens", "output"),
-    ("reasoning_tokens", "reasoning"),
+    *((bucket, bucket.removesuffix("_tokens").replace("_", " ")) for bucket in TOKEN_BUCKETS),
 )
 UNREPORTED_MARK = "!"
 _KEY_TITLES = {"day": "day", "provider": "provider", "model": "model", "automation_id": "automation"}
@@ -58,7 +55,7 @@ async def query_consumption(
 def consumption_command(args: argparse.Namespace) -> int:
     try:
         if not re.fullmatch(IDENTIFIER_PATTERN, args.workspace):
-            raise QueryError("workspace must match ^[A-Za-z0-9_-]{1,64}$")
+            raise QueryError(f"workspace must match {IDENTIFIER_PATTERN}")
         since, until = parse_instant(args.since, "--since"), parse_instant(args.until, "--until")
         group_by = parse_group_by(args.group_by)
         result = asyncio.run(query_consumption(load_settings(), args.workspace, since, until, group_by))

@@ -33,13 +33,14 @@ import hvac.exceptions
 import requests
 from pydantic import SecretStr
 
+from schemas.models import IDENTIFIER_PATTERN, SEALED_KEY_PATTERN
 from worker.keys.endpoint import Endpoint, EndpointError, binding_b64, check_vault_addr
 from worker.redaction import redact_text
 from worker.settings import Settings
 
 KEY_TYPE = "aes256-gcm96"
-WORKSPACE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-SEALED_KEY = re.compile(r"vault:v[1-9][0-9]{0,9}:[A-Za-z0-9+/]+={0,2}")
+WORKSPACE_ID = re.compile(IDENTIFIER_PATTERN)
+SEALED_KEY = re.compile(SEALED_KEY_PATTERN)
 MAX_PROVIDER_KEY_CHARS = 16_384
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 

@@ -35,7 +35,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from schemas.models import Provider, TokenCounts
+from schemas.models import TOKEN_BUCKETS, Provider, TokenCounts
 
 BEHAVIOR_HEADER = "x-sim-behavior"
 MODEL_PREFIX = "sim-"
@@ -163,9 +163,6 @@ class SeenRequest:
         }
 
 
-_BUCKETS = ("input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens", "reasoning_tokens")
-
-
 @dataclass(slots=True)
 class Ledger:
     calls: list[LedgerCall] = field(default_factory=list)
@@ -192,12 +189,12 @@ class Ledger:
 
     def totals(self) -> dict[str, int]:
         """``requests`` = billed calls, and the sum of each of the five buckets over them."""
-        totals = dict.fromkeys(_BUCKETS, 0)
+        totals = dict.fromkeys(TOKEN_BUCKETS, 0)
         billed = self.billed()
         for call in billed:
             usage = call.usage
             assert usage is not None
-            for name in _BUCKETS:
+            for name in TOKEN_BUCKETS:
                 totals[name] += getattr(usage, name)
         return {"requests": len(billed), **totals}
 
