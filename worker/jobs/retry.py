@@ -39,17 +39,21 @@ class RetryPolicy:
 
 @dataclass(frozen=True, slots=True)
 class WaitInline:
+    """Sleep ``delay_s`` in-process, holding the consumer slot, then try again."""
+
     delay_s: float
 
 
 @dataclass(frozen=True, slots=True)
 class DelayQueue:
+    """Ack and come back through the delay queues after ``delay_s`` (``RetryLater``)."""
+
     delay_s: float
 
 
 @dataclass(frozen=True, slots=True)
 class GiveUp:
-    pass
+    """End the job ``failed`` with this failure."""
 
 
 Decision = WaitInline | DelayQueue | GiveUp
