@@ -202,14 +202,16 @@ class JobRunner:
         attempts = delivery.attempts_before
         transient_failures = 0
         while True:
-            provider_called = False
+            unsealed = False
             try:
                 api_key = await self._unseal(job, endpoint) if adapter.needs_key else None
-                provider_called = True
+                unsealed = True
                 call_started = time.perf_counter()
                 reply = await self._call(adapter, job, endpoint, api_key)
             except JobFailure as failure:
-                if provider_called and made_call(failure):
+                # A failure while unsealing made no provider call: it is not an attempt.
+                called = unsealed and made_call(failure)
+                if called:
                     attempts += 1
                 if failure.retryable:
                     transient_failures += 1
@@ -217,7 +219,7 @@ class JobRunner:
                 if failure.code is ErrorCode.AUTH_FAILED and job.model.sealed_key:
                     self._cache.evict(binding_b64(job.workspace_id, endpoint), job.model.sealed_key)
                 decision = decide(
-                    failure, provider_called=provider_called, attempts=attempts,
+                    failure, provider_called=called, attempts=attempts,
                     transient_failures=transient_failures, now=datetime.now(UTC), deadline=job.deadline,
                     first_seen=first_seen, policy=self._policy,
                 )
