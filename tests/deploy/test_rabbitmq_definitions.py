@@ -13,7 +13,7 @@ import json
 import secrets
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -180,14 +180,6 @@ async def _refused(action: Any) -> bool:
     except aiormq.exceptions.ChannelAccessRefused:
         return True
     return False
-
-
-@pytest.fixture
-async def simulator() -> AsyncIterator[ProviderSimulator]:
-    sim = ProviderSimulator()
-    await sim.start()
-    yield sim
-    await sim.stop()
 
 
 async def test_a_worker_starts_on_the_imported_definitions_and_users_stay_in_their_lane(

@@ -29,11 +29,9 @@ PATHS = {
 
 
 @pytest.fixture
-async def sim() -> AsyncIterator[ProviderSimulator]:
-    simulator = ProviderSimulator()
-    await simulator.start()
-    yield simulator
-    await simulator.stop()
+def sim(simulator: ProviderSimulator) -> ProviderSimulator:
+    """The shared ``simulator`` fixture (tests/conftest.py), under this file's short name."""
+    return simulator
 
 
 @pytest.fixture
