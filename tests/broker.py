@@ -16,6 +16,8 @@ import orjson
 from aio_pika.abc import AbstractIncomingMessage
 
 from tests.waiting import wait_until
+from worker.aggregator.service import RunningAggregator, run_aggregator
+from worker.aggregator.settings import AggregatorSettings
 from worker.broker.names import DELAY_STEPS_MS, JOB_ROUTING_KEY, Topology
 from worker.broker.topology import declare_topology, topology_spec
 from worker.jobs.service import Worker
@@ -162,6 +164,24 @@ def job_body(job_id: str, workspace_id: str, model: dict[str, Any], *, content: 
         "job_id": job_id, "workspace_id": workspace_id, "model": model,
         "input": {"messages": [{"role": "user", "content": content}]}, **extra,
     })
+
+
+@contextlib.asynccontextmanager
+async def running_aggregator(
+    settings: Settings, aggregator_settings: AggregatorSettings | None = None
+) -> AsyncIterator[RunningAggregator]:
+    """``running`` for the aggregator: started, ready (its API listening), stopped cleanly when the block ends."""
+    stop = asyncio.Event()
+    ready: asyncio.Future[RunningAggregator] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(run_aggregator(settings, stop=stop, aggregator_settings=aggregator_settings,
+                                              on_ready=ready.set_result))
+    done, _ = await asyncio.wait([ready, task], timeout=30, return_when=asyncio.FIRST_COMPLETED)
+    assert ready in done, f"the aggregator did not start: {task.exception() if task.done() else 'timeout'}"
+    try:
+        yield ready.result()
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 15)  # a clean stop; re-raises whatever crashed it
 
 
 @contextlib.asynccontextmanager

@@ -3,7 +3,6 @@ over HTTP and with the consumption function; alerts out on the alerts exchange."
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -16,10 +15,10 @@ from pydantic import SecretStr
 from schemas.models import CompletionResult, UsageEvent
 from tests.aggregator.helpers import at, failed, usage
 from tests.aggregator.test_consumption import TOTALS, dataset
-from tests.broker import broker_tap
+from tests.broker import broker_tap, running_aggregator
 from tests.waiting import wait_until
 from worker.aggregator.consumption import consumption
-from worker.aggregator.service import RunningAggregator, run_aggregator
+from worker.aggregator.service import RunningAggregator
 from worker.aggregator.settings import AggregatorSettings
 from worker.broker.names import Topology, result_routing_key, usage_routing_key
 from worker.settings import Settings
@@ -31,20 +30,6 @@ def quiet_rules(**overrides: Any) -> AggregatorSettings:
     values: dict[str, Any] = {"aggregator_batch_wait_ms": 20, "spike_floor_tokens": 10**12,
                               "spike_floor_cost_usd": 10**6, "error_burst_threshold": 3, **overrides}
     return AggregatorSettings(**values)
-
-
-@asynccontextmanager
-async def aggregator(settings: Settings, agg: AggregatorSettings) -> AsyncIterator[RunningAggregator]:
-    stop = asyncio.Event()
-    ready: asyncio.Future[RunningAggregator] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(run_aggregator(settings, stop=stop, aggregator_settings=agg, on_ready=ready.set_result))
-    done, _ = await asyncio.wait([ready, task], timeout=30, return_when=asyncio.FIRST_COMPLETED)
-    assert ready in done, f"the aggregator did not start: {task.exception() if task.done() else 'timeout'}"
-    try:
-        yield ready.result()
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 15)  # a clean stop; re-raises whatever crashed it
 
 
 @asynccontextmanager
@@ -99,7 +84,7 @@ async def test_usage_and_failures_flow_to_the_api_and_the_alerts_exchange(
     settings = settings.model_copy(update={"prices_file": prices_file, "store_url": SecretStr(store_url)})
     names = Topology(settings.topology_prefix)
     events = dataset()
-    async with (aggregator(settings, quiet_rules()) as running, broker(settings) as channel,
+    async with (running_aggregator(settings, quiet_rules()) as running, broker(settings) as channel,
                 broker_tap(settings, usage=False) as tap):
         await publish(channel, names.usage_exchange, "acme.openai", b"this is not JSON")
         await publish(channel, names.usage_exchange, "acme.openai", b'{"schema": "byok.usage_event.v1"}')
@@ -153,7 +138,8 @@ async def test_two_aggregators_share_one_queue_and_one_postgresql(settings: Sett
     events = [usage(f"2025-03-01 10:{i % 60:02d}", automation=f"a{i % 3}", input_tokens=10, output_tokens=1)
               for i in range(300)]
     agg = quiet_rules(aggregator_batch_size=10)  # small prefetch so that both get messages
-    async with aggregator(settings, agg) as first, aggregator(settings, agg) as second, broker(settings) as channel:
+    async with (running_aggregator(settings, agg) as first, running_aggregator(settings, agg) as second,
+                broker(settings) as channel):
         await publish_usage(channel, names, events + events[:100])  # 100 republished
         totals = await wait_until(
             accepted(lambda: _totals(first), lambda t: t["requests"] >= 300 and _settled(first, second) >= 400),

@@ -22,13 +22,12 @@ from hypothesis import strategies as st
 from pydantic import SecretStr
 
 from schemas.models import Provider
-from tests.broker import BrokerTap, broker_tap, byok, job_body, publish_jobs, running
+from tests.broker import BrokerTap, broker_tap, byok, job_body, publish_jobs, running, running_aggregator
 from tests.conftest import Sealer
 from tests.faults import TcpProxy
 from tests.processes import kill, start_worker
 from tests.services import start_vault
 from tests.waiting import wait_until
-from worker.aggregator.service import RunningAggregator, run_aggregator
 from worker.cli.consumption import query_consumption
 from worker.jobs.service import Worker
 from worker.settings import Settings
@@ -268,21 +267,13 @@ async def test_sigkill_with_200_in_flight_loses_nothing_and_counts_every_billed_
         finally:
             second.stop()
     ledger = simulator.ledger.totals()
-    stop = asyncio.Event()
-    ready: list[RunningAggregator] = []
-    aggregator = asyncio.create_task(run_aggregator(settings, stop=stop, on_ready=ready.append))
-    try:
-        await wait_until(lambda: ready or aggregator.done(), timeout=30, what="the aggregator ready")
-        assert not aggregator.done(), aggregator
 
-        async def counted() -> dict[str, Any] | None:
-            summary = await query_consumption(settings, "ws-kill", None, None, ())
-            return summary if summary["totals"]["requests"] >= ledger["requests"] else None
+    async def counted() -> dict[str, Any] | None:
+        summary = await query_consumption(settings, "ws-kill", None, None, ())
+        return summary if summary["totals"]["requests"] >= ledger["requests"] else None
 
+    async with running_aggregator(settings):
         summary = await wait_until(counted, timeout=30, what="every billed call in the consumption")
-    finally:
-        stop.set()
-        await asyncio.wait_for(aggregator, 30)
     totals = {k: summary["totals"][k] for k in ledger}
     print(f"\n[sigkill] sent={total} in_flight_at_kill={total} results_before_kill={killed_with} "
           f"results={len(tap.results)} unique={len(job_ids(tap))} dead={len(tap.dead)} "
