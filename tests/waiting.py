@@ -32,7 +32,7 @@ async def wait_until(
     deadline = time.monotonic() + timeout
     while True:
         outcome = condition()
-        value: T = await outcome if inspect.isawaitable(outcome) else outcome  # type: ignore[assignment]
+        value = await outcome if inspect.isawaitable(outcome) else outcome
         if value:
             return value
         if time.monotonic() > deadline:
