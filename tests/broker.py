@@ -7,7 +7,6 @@ import contextlib
 import os
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,7 +15,10 @@ import aio_pika
 import orjson
 from aio_pika.abc import AbstractIncomingMessage
 
-from worker.broker.names import JOB_ROUTING_KEY, Topology
+from tests.waiting import wait_until
+from worker.aggregator.service import RunningAggregator, run_aggregator
+from worker.aggregator.settings import AggregatorSettings
+from worker.broker.names import DELAY_STEPS_MS, JOB_ROUTING_KEY, Topology
 from worker.broker.topology import declare_topology, topology_spec
 from worker.jobs.service import Worker
 from worker.settings import Settings
@@ -29,30 +31,39 @@ class Captured:
     body: bytes
     message_id: str | None
     correlation_id: str | None
+    properties: dict[str, Any] = field(default_factory=dict)
+    """Every property and header as the broker delivered it (aio-pika's ``message.info()``)."""
 
     @property
     def json(self) -> Any:
         return orjson.loads(self.body)
 
 
+KINDS = ("results", "usage", "dead", "replies", "delayed", "alerts")
+
+
 @dataclass
 class BrokerTap:
-    """Everything the worker publishes: results, usage events and dead letters, as they arrive."""
+    """Everything published on the topology: results, usage events, dead letters, replies, delayed retries
+    and alerts, as they arrive."""
 
     results: list[Captured] = field(default_factory=list)
     usage: list[Captured] = field(default_factory=list)
     dead: list[Captured] = field(default_factory=list)
     replies: list[Captured] = field(default_factory=list)
+    delayed: list[Captured] = field(default_factory=list)
+    alerts: list[Captured] = field(default_factory=list)
     reply_queue: str = ""
 
     async def wait_for(self, predicate: Callable[[], bool], timeout_s: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while not predicate():
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"timed out: {len(self.results)} results, {len(self.usage)} usage, {len(self.dead)} dead"
-                )
-            await asyncio.sleep(0.02)
+        await wait_until(predicate, timeout=timeout_s, what=lambda: f"the tap to hold what it should; {self.counts()}")
+
+    def of(self, kind: str) -> list[Captured]:
+        captured: list[Captured] = getattr(self, kind)
+        return captured
+
+    def counts(self) -> dict[str, int]:
+        return {kind: len(self.of(kind)) for kind in KINDS}
 
     def result_for(self, job_id: str) -> dict[str, Any]:
         matches = [c.json for c in self.results if c.json["job_id"] == job_id]
@@ -60,23 +71,26 @@ class BrokerTap:
         return matches[-1]
 
     def everything(self) -> list[Captured]:
-        return [*self.results, *self.usage, *self.dead, *self.replies]
+        return [captured for kind in KINDS for captured in self.of(kind)]
 
 
 def _capture(into: list[Captured]) -> Callable[[AbstractIncomingMessage], Any]:
     async def on_message(message: AbstractIncomingMessage) -> None:
         into.append(Captured(message.routing_key or "", dict(message.headers or {}), message.body,
-                             message.message_id, message.correlation_id))
+                             message.message_id, message.correlation_id, dict(message.info())))
         await message.ack()
 
     return on_message
 
 
 @contextlib.asynccontextmanager
-async def broker_tap(settings: Settings, *, usage: bool = True) -> AsyncIterator[BrokerTap]:
-    """Declares the topology, then listens on results (all keys), the usage queue and the dead-letter queue.
+async def broker_tap(settings: Settings, *, usage: bool = True, copies: bool = False) -> AsyncIterator[BrokerTap]:
+    """Declares the topology, then listens on results (all keys), replies, delayed retries, alerts, the usage
+    queue and the dead-letter queue.
 
-    ``usage=False`` leaves the usage queue to an aggregator under test.
+    ``usage=False`` leaves the usage queue to an aggregator under test. ``copies=True`` takes nothing away
+    from the real queues: usage events and dead letters are copied through queues of the tap's own, so
+    an aggregator or ``byok dlq`` still finds them.
     """
     names = Topology(settings.topology_prefix)
     connection = await aio_pika.connect(settings.amqp_url.get_secret_value())
@@ -84,15 +98,25 @@ async def broker_tap(settings: Settings, *, usage: bool = True) -> AsyncIterator
         channel = await connection.channel()
         await declare_topology(channel, topology_spec(names, delivery_limit=settings.delivery_limit))
         tap = BrokerTap()
-        results = await channel.declare_queue(exclusive=True)
-        await results.bind(names.results_exchange, routing_key="#")
-        await results.consume(_capture(tap.results))
+        copied = {
+            "results": (names.results_exchange, ["#"]),
+            "delayed": (names.delay_exchange, [str(step) for step in DELAY_STEPS_MS]),
+            "alerts": (names.alerts_exchange, ["#"]),
+        }
+        if copies:
+            copied |= {"usage": (names.usage_exchange, ["#"]), "dead": (names.dead_letter_exchange, [""])}
+        for kind, (exchange, keys) in copied.items():
+            queue = await channel.declare_queue(exclusive=True)
+            for key in keys:
+                await queue.bind(exchange, routing_key=key)
+            await queue.consume(_capture(tap.of(kind)))
         replies = await channel.declare_queue(exclusive=True)
         tap.reply_queue = replies.name
         await replies.consume(_capture(tap.replies))
-        if usage:
-            await (await channel.get_queue(names.usage_queue)).consume(_capture(tap.usage))
-        await (await channel.get_queue(names.dead_letter_queue)).consume(_capture(tap.dead))
+        if not copies:
+            if usage:
+                await (await channel.get_queue(names.usage_queue)).consume(_capture(tap.usage))
+            await (await channel.get_queue(names.dead_letter_queue)).consume(_capture(tap.dead))
         yield tap
 
 
@@ -140,6 +164,24 @@ def job_body(job_id: str, workspace_id: str, model: dict[str, Any], *, content: 
         "job_id": job_id, "workspace_id": workspace_id, "model": model,
         "input": {"messages": [{"role": "user", "content": content}]}, **extra,
     })
+
+
+@contextlib.asynccontextmanager
+async def running_aggregator(
+    settings: Settings, aggregator_settings: AggregatorSettings | None = None
+) -> AsyncIterator[RunningAggregator]:
+    """``running`` for the aggregator: started, ready (its API listening), stopped cleanly when the block ends."""
+    stop = asyncio.Event()
+    ready: asyncio.Future[RunningAggregator] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(run_aggregator(settings, stop=stop, aggregator_settings=aggregator_settings,
+                                              on_ready=ready.set_result))
+    done, _ = await asyncio.wait([ready, task], timeout=30, return_when=asyncio.FIRST_COMPLETED)
+    assert ready in done, f"the aggregator did not start: {task.exception() if task.done() else 'timeout'}"
+    try:
+        yield ready.result()
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 15)  # a clean stop; re-raises whatever crashed it
 
 
 @contextlib.asynccontextmanager

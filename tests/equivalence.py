@@ -27,6 +27,7 @@ from aio_pika.abc import AbstractIncomingMessage, DeliveryMode
 from aiohttp import web
 from httpx_aiohttp import AiohttpTransport
 
+from tests.waiting import wait_until
 from worker.broker.names import CONTENT_TYPE, Topology
 from worker.jobs.consumer import Publisher
 from worker.providers.http_pool import HttpClientPool
@@ -57,7 +58,7 @@ async def _handler(request: web.Request) -> web.StreamResponse:
     if kind == "redirect":
         raise web.HTTPFound("/elsewhere")
     if kind == "slow":
-        await asyncio.sleep(2)
+        await asyncio.sleep(2)  # kept: the slow answer both clients must time out on (0.5 s read timeout)
     if kind == "close" and request.transport is not None:
         request.transport.close()
     return web.Response(body=b'{"ok": true}', content_type="application/json")
@@ -153,10 +154,7 @@ async def publishing() -> list[str]:
             for case in cases:
                 await publisher.publish("", queue.name, b'{"a": 1}', **case)
             await publisher.publish("amq.direct", "nowhere", b"{}", message_id="unroutable")  # mandatory: returned
-        for _ in range(50):
-            if len(got) >= 2 * len(cases):
-                break
-            await asyncio.sleep(0.05)
+        await wait_until(lambda: len(got) >= 2 * len(cases), timeout=2.5, what="both publishers' messages")
     infos = [_info(message) for message in got]
     half = len(cases)
     return [f"publish case {i}:\n  old {old}\n  new {new}"

@@ -7,12 +7,12 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
+from tests.waiting import wait_until_sync
 from worker.settings import Settings
 from worker.testing.devstack import free_port
 
@@ -66,19 +66,26 @@ def start_worker(settings: Settings, ready_timeout_s: float = 30.0, **overrides:
         process = subprocess.Popen([sys.executable, "-m", "worker.cli.main", "worker"], stdout=log,
                                    stderr=subprocess.STDOUT, env=env)
     worker = ByokProcess(process, log_path, port, env)
-    deadline = time.monotonic() + ready_timeout_s
-    while True:
-        if process.poll() is not None:
-            raise AssertionError(f"worker exited with {process.returncode}: {worker.log()[-3000:]}")
+    try:
+        wait_ready(worker, ready_timeout_s)
+    except AssertionError:
+        worker.stop()
+        raise
+    return worker
+
+
+def wait_ready(worker: ByokProcess, timeout_s: float = 30.0) -> None:
+    """Until the worker's /readyz says 200; fails at once, with its log, if the process exits."""
+
+    def ready() -> bool:
+        if worker.process.poll() is not None:
+            raise AssertionError(f"worker exited with {worker.process.returncode}: {worker.log()[-3000:]}")
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                return worker
+            return httpx.get(f"http://127.0.0.1:{worker.health_port}/readyz", timeout=1).status_code == 200
         except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            worker.stop()
-            raise AssertionError(f"worker not ready after {ready_timeout_s}s: {worker.log()[-3000:]}")
-        time.sleep(0.1)
+            return False
+
+    wait_until_sync(ready, timeout=timeout_s, poll_s=0.05, what=lambda: f"the worker ready: {worker.log()[-3000:]}")
 
 
 def kill(worker: ByokProcess) -> None:

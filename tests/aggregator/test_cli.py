@@ -17,6 +17,7 @@ import pytest
 from tests.aggregator.helpers import at
 from tests.aggregator.test_consumption import TOTALS, dataset
 from tests.services import free_port
+from tests.waiting import wait_until
 from worker.aggregator.consumption import consumption
 from worker.aggregator.pricing import load_prices
 from worker.aggregator.store import Store
@@ -114,16 +115,17 @@ async def test_the_aggregator_command_serves_and_stops_on_sigterm(
     process = subprocess.Popen([sys.executable, "-m", "worker.cli", "aggregator"], env=env,
                                cwd=Path(__file__).parents[2], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        async with asyncio.timeout(20), aiohttp.ClientSession() as session:
-            while True:
+        async with aiohttp.ClientSession() as session:
+
+            async def healthy() -> bool:
                 assert process.poll() is None, process.stdout.read().decode() if process.stdout else ""
                 try:
                     async with session.get(f"http://127.0.0.1:{port}/healthz") as response:
-                        if response.status == 200:
-                            break
+                        return response.status == 200
                 except aiohttp.ClientConnectionError:
-                    pass
-                await asyncio.sleep(0.1)
+                    return False
+
+            await wait_until(healthy, what="the aggregator's /healthz answering 200")
         process.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(process.wait, 15) == 0
     finally:

@@ -3,22 +3,22 @@ over HTTP and with the consumption function; alerts out on the alerts exchange."
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import aio_pika
 import aiohttp
-import orjson
-from aio_pika.abc import AbstractChannel, AbstractQueue
+from aio_pika.abc import AbstractChannel
 from pydantic import SecretStr
 
 from schemas.models import CompletionResult, UsageEvent
 from tests.aggregator.helpers import at, failed, usage
 from tests.aggregator.test_consumption import TOTALS, dataset
+from tests.broker import broker_tap, running_aggregator
+from tests.waiting import wait_until
 from worker.aggregator.consumption import consumption
-from worker.aggregator.service import RunningAggregator, run_aggregator
+from worker.aggregator.service import RunningAggregator
 from worker.aggregator.settings import AggregatorSettings
 from worker.broker.names import Topology, result_routing_key, usage_routing_key
 from worker.settings import Settings
@@ -30,20 +30,6 @@ def quiet_rules(**overrides: Any) -> AggregatorSettings:
     values: dict[str, Any] = {"aggregator_batch_wait_ms": 20, "spike_floor_tokens": 10**12,
                               "spike_floor_cost_usd": 10**6, "error_burst_threshold": 3, **overrides}
     return AggregatorSettings(**values)
-
-
-@asynccontextmanager
-async def aggregator(settings: Settings, agg: AggregatorSettings) -> AsyncIterator[RunningAggregator]:
-    stop = asyncio.Event()
-    ready: asyncio.Future[RunningAggregator] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(run_aggregator(settings, stop=stop, aggregator_settings=agg, on_ready=ready.set_result))
-    done, _ = await asyncio.wait([ready, task], timeout=30, return_when=asyncio.FIRST_COMPLETED)
-    assert ready in done, f"the aggregator did not start: {task.exception() if task.done() else 'timeout'}"
-    try:
-        yield ready.result()
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 15)  # a clean stop; re-raises whatever crashed it
 
 
 @asynccontextmanager
@@ -76,13 +62,14 @@ async def publish_results(channel: AbstractChannel, names: Topology, results: Se
                       result.model_dump_json(by_alias=True).encode())
 
 
-async def eventually(probe: Callable[[], Awaitable[T]], accept: Callable[[T], bool], timeout_s: float = 15) -> T:
-    async with asyncio.timeout(timeout_s):
-        while True:
-            value = await probe()
-            if accept(value):
-                return value
-            await asyncio.sleep(0.05)
+def accepted(probe: Callable[[], Awaitable[T]], accept: Callable[[T], bool]) -> Callable[[], Awaitable[T | None]]:
+    """A condition for ``wait_until``: what ``probe`` reads, once ``accept`` takes it."""
+
+    async def condition() -> T | None:
+        value = await probe()
+        return value if accept(value) else None
+
+    return condition
 
 
 async def get_json(url: str, params: dict[str, str] | None = None) -> Any:
@@ -97,10 +84,8 @@ async def test_usage_and_failures_flow_to_the_api_and_the_alerts_exchange(
     settings = settings.model_copy(update={"prices_file": prices_file, "store_url": SecretStr(store_url)})
     names = Topology(settings.topology_prefix)
     events = dataset()
-    async with aggregator(settings, quiet_rules()) as running, broker(settings) as channel:
-        alerts_queue = await channel.declare_queue(exclusive=True, auto_delete=True)
-        await alerts_queue.bind(names.alerts_exchange, routing_key="acme.*")
-
+    async with (running_aggregator(settings, quiet_rules()) as running, broker(settings) as channel,
+                broker_tap(settings, usage=False) as tap):
         await publish(channel, names.usage_exchange, "acme.openai", b"this is not JSON")
         await publish(channel, names.usage_exchange, "acme.openai", b'{"schema": "byok.usage_event.v1"}')
         await publish_usage(channel, names, [*events, events[0], events[3]])  # two republished events
@@ -109,7 +94,8 @@ async def test_usage_and_failures_flow_to_the_api_and_the_alerts_exchange(
 
         base = running.api_url
         url = f"{base}/v1/workspaces/acme/consumption"
-        body = await eventually(lambda: get_json(url), lambda b: b["totals"]["requests"] >= 6)
+        body = await wait_until(accepted(lambda: get_json(url), lambda b: b["totals"]["requests"] >= 6),
+                                what="six billed calls in the consumption")
         assert body["totals"] == TOTALS
         assert body == await consumption(running.store, running.prices, "acme")
         grouped = await get_json(url, {"group_by": "day,automation", "since": "2025-03-01T10:30:00Z"})
@@ -117,21 +103,23 @@ async def test_usage_and_failures_flow_to_the_api_and_the_alerts_exchange(
                                             group_by=("day", "automation"))
 
         # acme's first batch used three models: the earliest is its baseline, the two others are new
-        anomalies = await eventually(lambda: get_json(f"{base}/v1/workspaces/acme/anomalies"),
-                                     lambda b: len(b["anomalies"]) >= 3)
+        anomalies = await wait_until(accepted(lambda: get_json(f"{base}/v1/workspaces/acme/anomalies"),
+                                              lambda b: len(b["anomalies"]) >= 3), what="three anomalies")
         assert sorted((a["kind"], a["details"].get("code") or a["details"]["model"])
                       for a in anomalies["anomalies"]) == [
             ("error_burst", "auth_failed"), ("unexpected_model", "claude-x"), ("unexpected_model", "mistral-mystery")]
         burst = next(a for a in anomalies["anomalies"] if a["kind"] == "error_burst")
         assert (burst["details"]["count"], burst["details"]["threshold"]) == (3, 3)
-        published = {m.routing_key: orjson.loads(m.body) for m in [await next_message(alerts_queue) for _ in range(3)]}
-        assert sorted(published) == ["acme.error_burst", "acme.unexpected_model"]
+        await tap.wait_for(lambda: len(tap.alerts) >= 3)
+        assert sorted(m.routing_key for m in tap.alerts) == [
+            "acme.error_burst", "acme.unexpected_model", "acme.unexpected_model"]
+        published = {m.routing_key: m.json for m in tap.alerts}
         assert published["acme.error_burst"] == burst
 
         health = await get_json(f"{base}/healthz")
         assert health == {"status": "ok", "broker_connected": True, "consuming": True, "store": "ok"}
         rejected = running.metrics.messages.labels(queue="usage", outcome="rejected")
-        await eventually(lambda: asyncio.sleep(0, rejected._value.get()), lambda v: v == 2)
+        await wait_until(lambda: rejected._value.get() == 2, what="the two malformed usage messages rejected")
         assert _counter(running, "new") == len(events)
         assert _counter(running, "duplicate") == 2
         async with aiohttp.ClientSession() as session, session.get(f"{base}/metrics") as response:
@@ -144,24 +132,18 @@ async def test_usage_and_failures_flow_to_the_api_and_the_alerts_exchange(
         assert usage_queue.declaration_result.message_count == 0
 
 
-async def next_message(queue: AbstractQueue) -> aio_pika.abc.AbstractIncomingMessage:
-    async with asyncio.timeout(10):
-        while (message := await queue.get(fail=False)) is None:
-            await asyncio.sleep(0.02)
-    await message.ack()
-    return message
-
-
 async def test_two_aggregators_share_one_queue_and_one_postgresql(settings: Settings, pg_url: str) -> None:
     settings = settings.model_copy(update={"store_url": SecretStr(pg_url)})
     names = Topology(settings.topology_prefix)
     events = [usage(f"2025-03-01 10:{i % 60:02d}", automation=f"a{i % 3}", input_tokens=10, output_tokens=1)
               for i in range(300)]
     agg = quiet_rules(aggregator_batch_size=10)  # small prefetch so that both get messages
-    async with aggregator(settings, agg) as first, aggregator(settings, agg) as second, broker(settings) as channel:
+    async with (running_aggregator(settings, agg) as first, running_aggregator(settings, agg) as second,
+                broker(settings) as channel):
         await publish_usage(channel, names, events + events[:100])  # 100 republished
-        totals = await eventually(
-            lambda: _totals(first), lambda t: t["requests"] >= 300 and _settled(first, second) >= 400
+        totals = await wait_until(
+            accepted(lambda: _totals(first), lambda t: t["requests"] >= 300 and _settled(first, second) >= 400),
+            what="300 requests counted and 400 messages settled",
         )
         assert (totals["requests"], totals["input_tokens"], totals["output_tokens"]) == (300, 3000, 300)
         counts = [_counter(a, r) for a in (first, second) for r in ("new", "duplicate")]

@@ -31,7 +31,8 @@ from tests.bench import report
 from tests.bench.load import Load, Window, job_body, percentile
 from tests.bench.loop import fast_run, quiet_gc
 from tests.bench.procstat import CpuProbe, find_pid, machine, memory_mb
-from tests.bench.stack import Simulator, Stack, metric_sum, new_prefix, scrape, stack, stop_process, wait_ready
+from tests.bench.stack import Simulator, Stack, metric_sum, new_prefix, scrape, stack, stop_process
+from tests.processes import wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKSPACES = [f"bench-ws-{i:02d}" for i in range(16)]

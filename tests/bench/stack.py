@@ -13,7 +13,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -171,16 +170,3 @@ def metric_sum(samples: dict[str, float], name: str) -> float:
     return sum(v for k, v in samples.items() if k == name or k.startswith(name + "{"))
 
 
-def wait_ready(worker: ByokProcess, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        if worker.process.poll() is not None:
-            raise RuntimeError(f"worker exited with {worker.process.returncode}: {worker.log()[-3000:]}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{worker.health_port}/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"worker not ready after {timeout_s}s: {worker.log()[-3000:]}")
-        time.sleep(0.05)

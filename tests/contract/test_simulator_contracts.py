@@ -3,7 +3,6 @@ adapters read from it exactly what the simulator billed."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import anthropic.types as anthropic_types
@@ -36,11 +35,9 @@ ERROR_BEHAVIOURS = ["auth", "rate", "quota", "overloaded", "error"]
 
 
 @pytest.fixture
-async def sim() -> AsyncIterator[ProviderSimulator]:
-    simulator = ProviderSimulator()
-    await simulator.start()
-    yield simulator
-    await simulator.stop()
+def sim(simulator: ProviderSimulator) -> ProviderSimulator:
+    """The shared ``simulator`` fixture (tests/conftest.py), under this file's short name."""
+    return simulator
 
 
 async def exchange(

@@ -13,8 +13,7 @@ import json
 import secrets
 import subprocess
 import sys
-import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -29,6 +28,7 @@ from schemas.models import CompletionJob, Provider
 from tests.broker import running
 from tests.deploy.conftest import DEPLOY
 from tests.services import RABBIT_HOST, RABBIT_PORT, VaultServer, wait_for_port
+from tests.waiting import wait_until_sync
 from worker.broker.names import JOB_ROUTING_KEY, Topology
 from worker.broker.topology import aggregator_topology, declare_topology, topology_spec
 from worker.cli.submit import submit
@@ -151,11 +151,10 @@ def imported() -> Iterator[Imported]:
     try:
         # On stdin: the rabbitmqctl wrapper runs as the rabbitmq user, which cannot read pytest's tmp dirs.
         _ctl("import_definitions", "--format", "json", stdin=json.dumps(document))
-        deadline = time.monotonic() + 20
         expected = {q["name"] for q in document["queues"]}
-        while set(_ctl("list_queues", "-p", vhost, "name", "--no-table-headers").split()) != expected:
-            assert time.monotonic() < deadline, "the definitions import did not complete"
-            time.sleep(0.2)
+        # Each rabbitmqctl is an Erlang node of its own: polled every 0.2 s, not every 0.02 s.
+        wait_until_sync(lambda: set(_ctl("list_queues", "-p", vhost, "name", "--no-table-headers").split()) == expected,
+                        poll_s=0.2, what="the definitions import to complete")
         yield Imported(vhost, users)
     finally:
         # Each rabbitmqctl is a short-lived Erlang node: run the five clean-ups side by side.
@@ -181,14 +180,6 @@ async def _refused(action: Any) -> bool:
     except aiormq.exceptions.ChannelAccessRefused:
         return True
     return False
-
-
-@pytest.fixture
-async def simulator() -> AsyncIterator[ProviderSimulator]:
-    sim = ProviderSimulator()
-    await sim.start()
-    yield sim
-    await sim.stop()
 
 
 async def test_a_worker_starts_on_the_imported_definitions_and_users_stay_in_their_lane(

@@ -7,10 +7,10 @@ import asyncio
 import pytest
 
 from schemas.models import Provider
-from tests.broker import BrokerTap, byok, job_body, publish_jobs
+from tests.broker import BrokerTap, byok, job_body, publish_jobs, running
 from worker.jobs.service import Worker
 from worker.settings import Settings
-from worker.testing.simulator import ProviderSimulator
+from worker.testing.simulator import ProviderSimulator, key_fingerprint
 
 KEY = "sk-test-Rotation0123456789abcdefghij"
 
@@ -28,18 +28,13 @@ async def test_rotate_rewrap_retire_with_jobs_before_and_after(
     def cli(*args: str, stdin: bytes | None = None) -> str:
         return byok(uncached, *args, stdin=stdin).stdout.decode().strip()
 
-    worker = Worker(uncached)
-    stop = asyncio.Event()
-    task = asyncio.create_task(worker.run(stop))
-    await asyncio.wait_for(worker.ready.wait(), 30)
-
     async def run_job(job_id: str, sealed: str) -> dict[str, object]:
         model = {"provider": "openai", "name": "gpt-4o-mini", "base_url": base_url, "sealed_key": sealed}
         await publish_jobs(uncached, [job_body(job_id, "ws-rot", model)])
         await tap.wait_for(lambda: any(r.json["job_id"] == job_id for r in tap.results))
         return tap.result_for(job_id)
 
-    try:
+    async with running(Worker(uncached)):
         await asyncio.to_thread(cli, "keys", "create", "ws-rot")
         v1 = await asyncio.to_thread(cli, "keys", "seal", "ws-rot", *endpoint, stdin=KEY.encode())
         assert v1.startswith("vault:v1:")
@@ -62,11 +57,7 @@ async def test_rotate_rewrap_retire_with_jobs_before_and_after(
         status = await asyncio.to_thread(cli, "keys", "status", "ws-rot")
         assert "min_decryption_version" in status
         assert KEY not in status
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
     # Every call that reached the provider carried the one key, and the retired job reached nothing.
-    fingerprints = {c.key_fingerprint for c in simulator.ledger.calls}
-    assert len(fingerprints) == 1
+    assert {c.key_fingerprint for c in simulator.ledger.calls} == {key_fingerprint(KEY)}
     assert len(simulator.ledger.calls) == 4
     assert [r.protocol for r in simulator.ledger.requests()] == [Provider.OPENAI] * 4, "the retired job reached nothing"

@@ -8,14 +8,15 @@ the simulator's ledger (``pytest -s``).
 
 from __future__ import annotations
 
-import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from schemas.models import Provider, TokenCounts
-from tests.broker import BrokerTap, job_body, publish_jobs
+from tests.broker import BrokerTap, job_body, publish_jobs, running
 from tests.conftest import Sealer
+from tests.waiting import wait_until
 from worker.jobs.service import Worker
 from worker.settings import Settings
 from worker.testing.simulator import ProviderSimulator
@@ -64,14 +65,9 @@ def matrix_settings(settings: Settings) -> Settings:
 
 
 @pytest.fixture
-async def matrix_worker(matrix_settings: Settings, tap: BrokerTap) -> Any:
-    worker = Worker(matrix_settings)
-    stop = asyncio.Event()
-    task = asyncio.create_task(worker.run(stop))
-    await asyncio.wait_for(worker.ready.wait(), 30)
-    yield worker
-    stop.set()
-    await asyncio.wait_for(task, 30)
+async def matrix_worker(matrix_settings: Settings, tap: BrokerTap) -> AsyncIterator[Worker]:
+    async with running(Worker(matrix_settings)) as worker:
+        yield worker
 
 
 Billed = dict[tuple[Provider, str], TokenCounts]
@@ -197,32 +193,18 @@ async def test_provider_by_outcome(
 async def test_long_waits_go_through_the_delay_queue_and_survive_a_restart(
     settings: Settings, simulator: ProviderSimulator, tap: BrokerTap, seal: Sealer
 ) -> None:
-    import asyncio
-
     delayed = settings.model_copy(update={"inline_retry_max_s": 0.0, "max_attempts": 3})
     base_url = simulator.base_url(Provider.OPENAI)
     model = {"provider": "openai", "name": "sim-flaky-1", "base_url": base_url,
              "sealed_key": seal("ws-delay", KEYS[Provider.OPENAI], Provider.OPENAI, base_url)}
-    first = Worker(delayed)
-    stop = asyncio.Event()
-    task = asyncio.create_task(first.run(stop))
-    await asyncio.wait_for(first.ready.wait(), 30)
-    await publish_jobs(delayed, [job_body("delay-1", "ws-delay", model, content="delay me")])
-    # The first call fails with a 500; the job leaves the worker for the 1 s delay queue.
-    while first.metrics.delayed._value.get() < 1:
-        await asyncio.sleep(0.02)
-    stop.set()
-    await asyncio.wait_for(task, 30)
+    async with running(Worker(delayed)) as first:
+        await publish_jobs(delayed, [job_body("delay-1", "ws-delay", model, content="delay me")])
+        # The first call fails with a 500; the job leaves the worker for the 1 s delay queue.
+        await wait_until(lambda: first.metrics.delayed._value.get() == 1, what="the job sent to the delay queue")
     assert tap.results == [], "nothing may be final while the job waits in the delay queue"
 
-    second = Worker(delayed)
-    stop2 = asyncio.Event()
-    task2 = asyncio.create_task(second.run(stop2))
-    try:
+    async with running(Worker(delayed)):
         await tap.wait_for(lambda: len(tap.results) == 1, timeout_s=20)
-    finally:
-        stop2.set()
-        await asyncio.wait_for(task2, 30)
     result = tap.results[0].json
     assert result["status"] == "succeeded"
     assert result["attempts"] == 2, "the attempt made before the delay counts"

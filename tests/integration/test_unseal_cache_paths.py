@@ -350,6 +350,7 @@ async def test_a_retired_key_still_in_the_cache_keeps_opening_until_its_ttl_expi
         failed_with(await uncached.run(job_body("uncached-after-retire", workspace, model)), "key_unavailable")
         assert uncached.vault_calls("400") == 1
 
+        # Kept: the worker's own clock must pass the TTL; nothing to wait on but time itself.
         await asyncio.sleep(max(0.0, after_fill + ttl_s + 0.1 - time.monotonic()))
         failed_with(await rig.run(job_body("after-ttl", workspace, model)), "key_unavailable")
         assert rig.vault_calls() == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import httpx
 import orjson
@@ -11,6 +12,7 @@ import pytest
 from schemas.models import Provider
 from tests.broker import BrokerTap, byok, job_body, publish_jobs, running
 from tests.conftest import Sealer
+from tests.waiting import wait_until
 from worker.jobs.service import Worker
 from worker.settings import Settings
 from worker.testing.simulator import ProviderSimulator
@@ -51,19 +53,12 @@ async def test_dlq_list_show_and_replay(settings: Settings, simulator: ProviderS
     fixed = {**broken, "base_url": base_url}
     other = {**fixed, "name": "sim-quota"}
     # No tap here: the dead letters stay in their queue for `byok dlq`.
-    worker = Worker(settings)
-    stop = asyncio.Event()
-    task = asyncio.create_task(worker.run(stop))
-    await asyncio.wait_for(worker.ready.wait(), 30)
-    try:
+    async with running(Worker(settings)):
         await publish_jobs(settings, [
             job_body("dlq-1", "ws-dlq", broken), job_body("dlq-2", "ws-dlq", broken),
             job_body("dlq-3", "ws-dlq", other), b"not json",
         ])
         await dlq_flow(settings, simulator)
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
 
 
 async def dlq_list(settings: Settings, *args: str) -> list[dict[str, object]]:
@@ -72,12 +67,18 @@ async def dlq_list(settings: Settings, *args: str) -> list[dict[str, object]]:
     return listed
 
 
-async def dlq_flow(settings: Settings, simulator: ProviderSimulator) -> None:
-    for _ in range(100):
+async def dlq_list_when(
+    settings: Settings, accept: Callable[[list[dict[str, object]]], bool], what: str
+) -> list[dict[str, object]]:
+    async def accepted() -> list[dict[str, object]] | None:
         listed = await dlq_list(settings)
-        if len(listed) == 4:
-            break
-        await asyncio.sleep(0.1)
+        return listed if accept(listed) else None
+
+    return await wait_until(accepted, what=f"{what} in `byok dlq list`")
+
+
+async def dlq_flow(settings: Settings, simulator: ProviderSimulator) -> None:
+    listed = await dlq_list_when(settings, lambda listed: len(listed) == 4, "four dead letters")
     assert sorted(str(v["error"]) for v in listed) == ["invalid_job", "key_unavailable", "key_unavailable",
                                                         "quota_exhausted"], listed
     again = await dlq_list(settings)
@@ -90,19 +91,16 @@ async def dlq_flow(settings: Settings, simulator: ProviderSimulator) -> None:
     message_id = only[0]["message_id"]
     shown = orjson.loads((await asyncio.to_thread(byok, settings, "dlq", "show", str(message_id))).stdout)
     assert shown["headers"]["x-byok-error"] == "key_unavailable"
-    assert shown["body"]
+    assert orjson.loads(shown["body"])["job_id"] == only[0]["job_id"], "the original body is shown"
 
     # A replay of the broken jobs fails again (nothing was fixed): they come back to the dead-letter queue.
     # The fix here is on the publisher's side, so replay only the quota one after "raising the limit".
     replayed = orjson.loads(
         (await asyncio.to_thread(byok, settings, "dlq", "replay", "--json", "--reason", "quota_exhausted")).stdout)
     assert [v["job_id"] for v in replayed] == ["dlq-3"]
-    for _ in range(100):
-        listed = await dlq_list(settings)
-        if len(listed) == 4 and sum(v["job_id"] == "dlq-3" for v in listed) == 1:
-            break
-        await asyncio.sleep(0.1)
-    assert len(listed) == 4, "the replayed job failed again and is back, the others never left"
+    # The replayed job failed again and is back, the others never left.
+    await dlq_list_when(settings, lambda listed: sorted(str(v["job_id"]) for v in listed) == [
+        "None", "dlq-1", "dlq-2", "dlq-3"], "the replayed job back next to the three others")
     assert len(simulator.ledger.calls) == 2, "dlq-3 was called once, then once more after the replay"
     # dlq-1/dlq-2 point at base_url + "/wrong", a path with no route: only the all-requests record would show them.
     assert [r.path for r in simulator.ledger.requests()] == ["/openai/v1/chat/completions"] * 2, (

@@ -15,6 +15,7 @@ from tests.broker import BrokerTap, job_body, publish_jobs, running
 from tests.conftest import Sealer
 from tests.faults import TcpProxy
 from tests.processes import start_worker
+from tests.waiting import wait_until
 from worker.broker.names import Topology
 from worker.jobs.service import Worker
 from worker.settings import Settings
@@ -46,17 +47,17 @@ async def test_readiness_follows_the_broker_and_the_worker_exits_1_when_it_stays
 
             await proxy.stop()  # the broker is gone: nothing listens any more
             lost_at = time.monotonic()
-            deadline = lost_at + 10
-            while True:
+
+            async def not_ready() -> bool:
                 try:
                     ready = await http.get("/readyz")
                 except httpx.HTTPError:
-                    break  # the process already exited
+                    return True  # the process already exited
                 if ready.status_code == 503:
                     assert ready.json()["consuming"] is False
-                    break
-                assert time.monotonic() < deadline, "readiness never reported the lost broker"
-                await asyncio.sleep(0.05)
+                return ready.status_code == 503
+
+            await wait_until(not_ready, timeout=10, what="readiness to report the lost broker")
         code = await asyncio.to_thread(worker.wait, 30)
         took = time.monotonic() - lost_at
     finally:
@@ -85,10 +86,9 @@ async def test_a_consumer_the_broker_cancels_comes_back(
         async with connection:
             channel = await connection.channel()
             await channel.queue_delete(names.jobs_queue)
-        deadline = time.monotonic() + 20
-        while worker.connections < 2 or not worker.ready.is_set():
-            assert time.monotonic() < deadline, "the worker never consumed again after its consumer was cancelled"
-            await asyncio.sleep(0.05)
+        await wait_until(lambda: worker.connections >= 2 and worker.ready.is_set(),
+                         what="the worker consuming again after its consumer was cancelled")
+        assert worker.connections == 2, "one start-over, on its first try"
         await publish_jobs(settings, [job_body("after-cancel", "ws-cancel", model)])
         await tap.wait_for(lambda: len(tap.results) == 2, timeout_s=20)
     assert [r.json["job_id"] for r in tap.results] == ["before-cancel", "after-cancel"]

@@ -1,4 +1,4 @@
-"""The leak scanner and its capture plumbing: canaries, artifacts, every encoding of a key we look for.
+"""The leak scanner and its plumbing: canaries, artifacts, every encoding of a key we look for.
 
 A canary is a secret the test controls (a provider key sealed through ``byok keys seal``, the Vault root
 token). An artifact is anything the system produced (a log file, a message body and its headers, CLI
@@ -8,25 +8,20 @@ and hex forms and its base64 (standard and URL-safe, at every byte alignment) in
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
-import contextlib
-import time
-from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, quote_plus
 
 import aio_pika
 import httpx
-from aio_pika.abc import AbstractIncomingMessage
 from aiohttp import web
 
-from worker.broker.names import DELAY_STEPS_MS, JOB_ROUTING_KEY, Topology
-from worker.broker.topology import declare_topology, topology_spec
+from tests.broker import KINDS, BrokerTap
+from worker.broker.names import JOB_ROUTING_KEY, Topology
 from worker.settings import Settings
 from worker.testing.simulator import key_fingerprint
 
@@ -164,76 +159,19 @@ def render(value: Any) -> str:
     return str(value)
 
 
-# ------------------------------------------------------------------------------------------ capture
+# ------------------------------------------------------------------------------------- captured messages
 
 
-@dataclass
-class Captured:
-    kind: str
-    info: dict[str, Any]
-    body: bytes
-
-    @property
-    def headers(self) -> dict[str, Any]:
-        return dict(self.info.get("headers") or {})
-
-    def artifacts(self, index: int) -> list[Artifact]:
-        name = f"{index}:{self.info.get('message_id') or '-'}"
-        meta = {k: v for k, v in self.info.items() if k != "body_size"}
-        return [Artifact(self.kind, f"{name}/body", self.body), Artifact(self.kind, f"{name}/meta",
-                                                                           render(meta).encode())]
-
-
-@dataclass
-class Capture:
-    """Copies of everything published on the topology: nothing is taken away from the real queues."""
-
-    messages: list[Captured] = field(default_factory=list)
-    reply_queue: str = ""
-
-    def of(self, kind: str) -> list[Captured]:
-        return [m for m in self.messages if m.kind == kind]
-
-    def counts(self) -> Counter[str]:
-        return Counter(m.kind for m in self.messages)
-
-    def artifacts(self) -> list[Artifact]:
-        return [a for i, m in enumerate(self.messages) for a in m.artifacts(i)]
-
-    def collector(self, kind: str) -> Callable[[AbstractIncomingMessage], Any]:
-        async def on_message(message: AbstractIncomingMessage) -> None:
-            self.messages.append(Captured(kind, dict(message.info()), message.body))
-            await message.ack()
-
-        return on_message
-
-
-@contextlib.asynccontextmanager
-async def capture_everything(settings: Settings) -> AsyncIterator[Capture]:
-    """Results, usage events, dead letters, delayed retries and alerts, each through a queue of our own
-    bound next to the real one; plus a reply queue for ``reply_to``."""
-    names = Topology(settings.topology_prefix)
-    connection = await aio_pika.connect(settings.amqp_url.get_secret_value())
-    async with connection:
-        channel = await connection.channel()
-        await declare_topology(channel, topology_spec(names, delivery_limit=settings.delivery_limit))
-        capture = Capture()
-        taps = {
-            "results": (names.results_exchange, ["#"]),
-            "usage": (names.usage_exchange, ["#"]),
-            "dead": (names.dead_letter_exchange, [""]),
-            "delayed": (names.delay_exchange, [str(step) for step in DELAY_STEPS_MS]),
-            "alerts": (names.alerts_exchange, ["#"]),
-        }
-        for kind, (exchange, keys) in taps.items():
-            queue = await channel.declare_queue(exclusive=True)
-            for key in keys:
-                await queue.bind(exchange, routing_key=key)
-            await queue.consume(capture.collector(kind))
-        replies = await channel.declare_queue(exclusive=True)
-        capture.reply_queue = replies.name
-        await replies.consume(capture.collector("replies"))
-        yield capture
+def captured_artifacts(tap: BrokerTap) -> list[Artifact]:
+    """Each message the tap holds as two artifacts: its body, and every property and header."""
+    found = []
+    for kind in KINDS:
+        for index, captured in enumerate(tap.of(kind)):
+            name = f"{index}:{captured.message_id or '-'}"
+            meta = {k: v for k, v in captured.properties.items() if k != "body_size"}
+            found += [Artifact(kind, f"{name}/body", captured.body),
+                      Artifact(kind, f"{name}/meta", render(meta).encode())]
+    return found
 
 
 async def publish(settings: Settings, jobs: list[tuple[str, bytes]], *, reply_to: str | None = None) -> None:
@@ -269,14 +207,6 @@ def cmdline_artifact(pid: int, label: str) -> Artifact:
 
 def log_artifact(path: Path, label: str) -> Artifact:
     return Artifact("logs", label, path.read_bytes())
-
-
-async def wait_until(predicate: Callable[[], bool], what: Callable[[], str], timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting: {what()}")
-        await asyncio.sleep(0.02)
 
 
 # ------------------------------------------------------------------------------- an echoing provider

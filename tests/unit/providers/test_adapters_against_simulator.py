@@ -18,11 +18,9 @@ KEY = "sk-sim-adapter-test-0123456789"
 
 
 @pytest.fixture
-async def sim() -> AsyncIterator[ProviderSimulator]:
-    simulator = ProviderSimulator()
-    await simulator.start()
-    yield simulator
-    await simulator.stop()
+def sim(simulator: ProviderSimulator) -> ProviderSimulator:
+    """The shared ``simulator`` fixture (tests/conftest.py), under this file's short name."""
+    return simulator
 
 
 @pytest.fixture

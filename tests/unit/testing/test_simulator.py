@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from schemas.models import Provider, TokenCounts
+from tests.waiting import wait_until
 from worker.testing.simulator import ProviderSimulator, SeenRequest, parse_behavior, serve_forever
 
 KEY = "sk-test-simulator-0123456789abcdef"
@@ -28,11 +29,9 @@ PATHS = {
 
 
 @pytest.fixture
-async def sim() -> AsyncIterator[ProviderSimulator]:
-    simulator = ProviderSimulator()
-    await simulator.start()
-    yield simulator
-    await simulator.stop()
+def sim(simulator: ProviderSimulator) -> ProviderSimulator:
+    """The shared ``simulator`` fixture (tests/conftest.py), under this file's short name."""
+    return simulator
 
 
 @pytest.fixture
@@ -567,14 +566,14 @@ async def test_serve_forever_serves_until_cancelled(client: httpx.AsyncClient) -
     port = _free_port()
     task = asyncio.create_task(serve_forever("127.0.0.1", port, 0.0))
     url = f"http://127.0.0.1:{port}/_sim/ledger"
-    for _ in range(100):
+
+    async def answered() -> httpx.Response | None:
         try:
-            response = await client.get(url)
-            break
+            return await client.get(url)
         except httpx.ConnectError:
-            await asyncio.sleep(0.02)
-    else:
-        pytest.fail("serve_forever never listened")
+            return None
+
+    response = await wait_until(answered, timeout=2, what="serve_forever listening")
     assert response.json()["totals"]["requests"] == 0
     task.cancel()
     with pytest.raises(asyncio.CancelledError):

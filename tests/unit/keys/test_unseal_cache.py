@@ -24,7 +24,7 @@ async def test_concurrent_lookups_share_one_load_and_ttl_expires() -> None:
     async def load() -> SecretStr:
         nonlocal loads
         loads += 1
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)  # kept: a load that takes a while, so the 50 lookups overlap it
         return SecretStr("k")
 
     values = await asyncio.gather(*(cache.get("ws", "vault:v1:x", load) for _ in range(50)))
