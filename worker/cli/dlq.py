@@ -27,6 +27,7 @@ from worker.broker.names import (
     JOB_ROUTING_KEY,
     Topology,
 )
+from worker.cli.broker_errors import BrokerProblem, broker_problems
 from worker.settings import Settings, load_settings
 
 REPLAY_HEADER = "x-byok-replayed"
@@ -131,15 +132,26 @@ def replayed(message: AbstractIncomingMessage) -> aio_pika.Message:
 
 
 def _print_table(views: list[DeadLetterView]) -> None:
-    print(f"{'message_id':<28} {'workspace':<16} {'error':<16} reason")
-    for view in views:
-        print(f"{(view.message_id or '-')[:28]:<28} {(view.workspace_id or '-')[:16]:<16} {view.error[:16]:<16} "
-              f"{view.reason}")
+    # Columns as wide as their longest cell: a message id is printed whole, to be pasted into `byok dlq show`.
+    rows = [("message_id", "workspace", "error", "reason")]
+    rows += [(view.message_id or "-", view.workspace_id or "-", view.error, view.reason) for view in views]
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    for row in rows:
+        print("  ".join([*(cell.ljust(width) for cell, width in zip(row[:3], widths, strict=True)), row[3]]).rstrip())
     print(f"{len(views)} dead letter(s)")
 
 
 def _run(args: argparse.Namespace) -> int:
     settings = load_settings()
+    try:
+        with broker_problems(settings):
+            return _run_verb(args, settings)
+    except BrokerProblem as exc:
+        print(f"byok dlq {args.dlq_command}: {exc}", file=sys.stderr)
+        return 1
+
+
+def _run_verb(args: argparse.Namespace, settings: Settings) -> int:
     if args.dlq_command == "show":
         found = asyncio.run(scan(settings, selector(None, None, args.message_id), 1))
         if not found:
