@@ -173,17 +173,33 @@ def _run_verb(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+DLQ_EPILOG = ("settings: BYOK_AMQP_URL, BYOK_TOPOLOGY_PREFIX (read on the dead-letter queue, write on the jobs "
+              "exchange). exit codes: 0 done, 1 broker problem or no such dead letter, 2 invalid arguments")
+
+
 def register(subparsers: Any) -> None:
-    dlq = subparsers.add_parser("dlq", help="inspect and replay dead-lettered jobs")
+    dlq = subparsers.add_parser(
+        "dlq", help="inspect and replay dead-lettered jobs",
+        description="Dead letters (the jobs.dead queue): failed jobs, malformed and poison messages, each with its "
+                    "error code and reason. list and show remove nothing; replay republishes after a fix.",
+        epilog=DLQ_EPILOG,
+    )
     verbs = dlq.add_subparsers(dest="dlq_command", required=True)
-    for verb, text in (("list", "list dead letters with their reasons"),
-                       ("replay", "republish chosen dead letters to byok.jobs (removed only once confirmed)")):
-        parser = verbs.add_parser(verb, help=text)
+    for verb, text, description in (
+        ("list", "list dead letters with their reasons",
+         "Lists dead letters (message id, workspace, error code, reason), oldest first; removes nothing."),
+        ("replay", "republish chosen dead letters to byok.jobs (removed only once confirmed)",
+         "Republishes the chosen dead letters to the jobs exchange without their error headers, and removes each "
+         "only once its copy is confirmed. Fix the cause first."),
+    ):
+        parser = verbs.add_parser(verb, help=text, description=description, epilog=DLQ_EPILOG)
         parser.add_argument("--workspace", help="only this workspace's jobs")
         parser.add_argument("--reason", help="only this error code (e.g. provider_error, invalid_job, delivery_limit)")
         parser.add_argument("--limit", type=int, default=100 if verb == "list" else 1000)
         parser.add_argument("--json", action="store_true")
         parser.set_defaults(func=_run)
-    show = verbs.add_parser("show", help="one dead letter: headers and body")
+    show = verbs.add_parser("show", help="one dead letter: headers and body", epilog=DLQ_EPILOG,
+                            description="One dead letter, by the message id `byok dlq list` prints: its headers "
+                                        "and body, as JSON.")
     show.add_argument("message_id")
     show.set_defaults(func=_run)

@@ -101,7 +101,13 @@ def _submit(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     commands = subparsers
-    job = commands.add_parser("submit", help="publish a completion job")
+    job = commands.add_parser(
+        "submit", help="publish a completion job",
+        description="Validates a job (byok.completion_job.v1, at most 1 MiB) and publishes it to the jobs exchange "
+                    "with a publisher confirm; with --wait, prints its result when the worker answers.",
+        epilog="settings: BYOK_AMQP_URL, BYOK_TOPOLOGY_PREFIX. exit codes: 0 published (or result printed), "
+               "1 broker problem or no result within --timeout, 2 the job is invalid or too large",
+    )
     job.add_argument("--file", required=True, help="job JSON file, or - for stdin")
     job.add_argument("--wait", action="store_true", help="wait for the result and print it")
     job.add_argument("--timeout", type=float, default=120.0, help="seconds to wait with --wait (default 120)")
