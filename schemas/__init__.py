@@ -1,4 +1,4 @@
-"""Public message models of byok-worker (DESIGN.md, "Messages")."""
+"""Public message models of byok-worker (schemas/CONTRACT.md)."""
 
 from schemas.models import (
     ALERT_SCHEMA,

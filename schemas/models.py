@@ -1,4 +1,4 @@
-"""The public message contract (DESIGN.md, "Messages"): jobs in; results, usage events and alerts out.
+"""The public message contract (schemas/CONTRACT.md): jobs in; results, usage events and alerts out.
 
 JSON Schema files in ``schemas/json/`` are generated from these models (``python -m schemas.generate``)
 and checked in; a test fails when they are stale.

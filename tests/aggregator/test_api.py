@@ -166,3 +166,33 @@ async def test_an_unreachable_store_is_503(prices: PriceTable, tmp_path: Any) ->
     finally:
         await server.stop()
         await store.close()
+
+
+def _parameter(doc: dict[str, Any], path: str, name: str) -> dict[str, Any]:
+    found = [p for p in doc["paths"][path]["get"]["parameters"] if p["name"] == name]
+    assert len(found) == 1, name
+    parameter: dict[str, Any] = found[0]
+    return parameter
+
+
+_EXAMPLE_OF_FORMAT = {"date-time": "2025-03-01T10:30:00+00:00", "date": "2025-03-01"}
+
+
+@pytest.mark.parametrize("path", [f"/v1/workspaces/{{workspace_id}}/{what}" for what in ("consumption", "anomalies")])
+async def test_openapi_query_parameters_are_typed_as_the_api_takes_them(api: tuple[str, Flags], path: str) -> None:
+    doc = openapi_document()
+    url = api[0] + path.replace("{workspace_id}", "acme")
+    for name in ("since", "until"):
+        schema = _parameter(doc, path, name)["schema"]
+        formats = [choice["format"] for choice in schema["anyOf"]]
+        assert formats == ["date-time", "date"]
+        for example in (_EXAMPLE_OF_FORMAT[f] for f in formats):
+            assert (await get(url, {name: example}))[0] == 200, (name, example)
+        assert (await get(url, {name: "2025-03-01T10:30:00"}))[0] == 400, "a date-time needs its offset"
+    if path.endswith("/consumption"):
+        group_by = _parameter(doc, path, "group_by")
+        assert (group_by["style"], group_by["explode"], group_by["schema"]["type"]) == ("form", False, "array")
+        allowed = group_by["schema"]["items"]["enum"]
+        for value in [*allowed, ",".join(allowed)]:  # explode false: one comma-separated value
+            assert (await get(url, {"group_by": value}))[0] == 200, value
+        assert (await get(url, {"group_by": "colour"}))[0] == 400

@@ -6,11 +6,10 @@ from datetime import date
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
 
 from tests.aggregator.helpers import TEST_PRICES, usage, write_prices
 from worker.aggregator.consumption import consumption
-from worker.aggregator.pricing import load_prices
+from worker.aggregator.pricing import PriceTableError, load_prices
 from worker.aggregator.records import Counters
 from worker.aggregator.store import Store
 
@@ -59,11 +58,30 @@ def test_cost_bills_reasoning_at_the_output_price_and_defaults_cache_prices_to_i
 
 def test_a_bad_price_file_is_refused(tmp_path: Path) -> None:
     duplicate = {**TEST_PRICES, "prices": [TEST_PRICES["prices"][0], TEST_PRICES["prices"][0]]}
-    with pytest.raises(ValidationError, match="two prices"):
+    with pytest.raises(PriceTableError, match="two prices"):
         load_prices(write_prices(tmp_path / "dup.json", duplicate))
     negative = {**TEST_PRICES, "prices": [{**TEST_PRICES["prices"][0], "input": -1}]}
-    with pytest.raises(ValidationError):
+    with pytest.raises(PriceTableError, match=r"neg\.json: prices\.0\.input: Input should be greater than"):
         load_prices(write_prices(tmp_path / "neg.json", negative))
+
+
+@pytest.mark.parametrize(("content", "problem"), [
+    (b"sk-proj-Zx9secretKEYvalue0123456789\n", "not JSON"),
+    (b"provider: openai\nkey: sk-proj-Zx9secretKEYvalue0123456789\n", "not JSON"),
+    (b'{"version": "sk-proj-Zx9secretKEYvalue0123456789", "prices": "sk-proj-Zx9secretKEYvalue0123456789"}',
+     "prices: Input should be a valid array"),
+])
+def test_a_price_file_error_says_what_is_wrong_and_never_quotes_the_file(
+    tmp_path: Path, content: bytes, problem: str
+) -> None:
+    path = tmp_path / "prices.txt"
+    path.write_bytes(content)
+    with pytest.raises(PriceTableError) as caught:
+        load_prices(str(path))
+    message = str(caught.value)
+    assert message.startswith(f"price table {path}: ")
+    assert problem in message
+    assert "Zx9secret" not in message and "sk-proj" not in message
 
 
 async def test_the_same_usage_costs_twice_as_much_after_the_price_doubles(store: Store, tmp_path: Path) -> None:

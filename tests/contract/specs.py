@@ -1,6 +1,6 @@
 """The providers' own published definitions, loaded once per session.
 
-OpenAI and Mistral: their OpenAPI 3.1 documents in ``../shared/contracts`` (schemas are JSON Schema
+OpenAI and Mistral: their OpenAPI 3.1 documents, vendored unmodified in ``definitions/`` (schemas are JSON Schema
 2020-12), validated with ``jsonschema``, ``$ref``s resolved inside the document by ``referencing``.
 Anthropic and Ollama: the types of their official Python packages, validated with pydantic (strict).
 """
@@ -20,15 +20,15 @@ from pydantic import BaseModel
 from referencing import Registry
 from referencing.jsonschema import DRAFT202012
 
-CONTRACTS_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "contracts"
+DEFINITIONS_DIR = Path(__file__).resolve().parent / "definitions"
 OPENAI_SPEC = "openai-openapi.yaml"
 MISTRAL_SPEC = "mistral-openapi.yaml"
 
 
 def contract_path(name: str) -> Path:
-    path = CONTRACTS_DIR / name
+    path = DEFINITIONS_DIR / name
     if not path.is_file():
-        pytest.fail(f"provider contract {path} is missing: the contract tests need ../shared/contracts", pytrace=False)
+        pytest.fail(f"provider definition {path} is missing (see tests/contract/definitions/README.md)", pytrace=False)
     return path
 
 

@@ -180,7 +180,6 @@ async def test_seal_prints_one_line_that_opens_only_for_its_workspace_and_endpoi
     (b"sk-one", "sk-one"),
     (b"sk-one\n", "sk-one"),
     (b"sk-one\r\n", "sk-one"),
-    (b"  sk-spaces-kept  \n", "  sk-spaces-kept  "),
 ])
 async def test_seal_strips_exactly_one_trailing_newline(
     keys: Keys, ws: str, unseal: Callable[..., object], stdin: bytes, expected: str
@@ -196,6 +195,12 @@ async def test_seal_strips_exactly_one_trailing_newline(
     (b"sk-one\n\n", "line break"),  # one newline stripped, the other stays: refused, not guessed
     (b"sk-one\nsk-two\n", "line break"),
     (b"sk-\xff\xfe", "UTF-8"),
+    (b"   \n", "only whitespace"),
+    (b" \t ", "only whitespace"),
+    (b"  sk-one  \n", "leading or trailing whitespace"),
+    (b"sk-one ", "leading or trailing whitespace"),
+    (b"\tsk-one", "leading or trailing whitespace"),
+    (b"sk-one \r\n", "leading or trailing whitespace"),
 ])
 def test_seal_refuses_a_bad_key_with_a_clear_error(keys: Keys, ws: str, stdin: bytes, message: str) -> None:
     assert keys("create", ws).code == 0

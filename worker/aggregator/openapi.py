@@ -6,7 +6,7 @@ from typing import Any
 
 from schemas.models import IDENTIFIER_PATTERN, TOKEN_BUCKETS
 from worker.aggregator.alerts import Alert, AlertKind
-from worker.aggregator.consumption import GROUPS
+from worker.aggregator.consumption import DEFAULT_GROUP_BY, GROUPS
 
 _COUNTERS = ("requests", *TOKEN_BUCKETS, "unreported_requests")
 
@@ -26,8 +26,9 @@ def _counter_properties() -> dict[str, Any]:
 def _instant(name: str, meaning: str) -> dict[str, Any]:
     return {
         "name": name, "in": "query", "required": False,
-        "description": f"{meaning}: ISO-8601 with an explicit offset (Z or +00:00), or a date (midnight UTC)",
-        "schema": {"type": "string"},
+        "description": f"{meaning}: a date-time with an explicit offset (Z or +00:00), or a date (midnight UTC)",
+        # parse_instant takes both; a date-time without an offset is refused (400).
+        "schema": {"type": "string", "anyOf": [{"format": "date-time"}, {"format": "date"}]},
     }
 
 
@@ -129,10 +130,13 @@ def openapi_document() -> dict[str, Any]:
                         _instant("since", "inclusive start"),
                         _instant("until", "exclusive end"),
                         {
-                            "name": "group_by", "in": "query", "required": False,
+                            # style form, explode false: one comma-separated value (group_by=model,day); the
+                            # API takes the parameter repeated as well.
+                            "name": "group_by", "in": "query", "required": False, "style": "form", "explode": False,
                             "description": "comma-separated, any of " + ", ".join(GROUPS)
                             + " (default: model; model rows also carry the provider)",
-                            "schema": {"type": "string"},
+                            "schema": {"type": "array", "items": {"enum": list(GROUPS)},
+                                       "default": list(DEFAULT_GROUP_BY)},
                         },
                     ],
                     "responses": {

@@ -14,7 +14,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
 from schemas.models import Provider
 from worker.aggregator.records import Counters
@@ -121,7 +121,22 @@ def default_prices_path() -> str:
     return str(resources.files("worker").joinpath("data", "prices.json"))
 
 
+class PriceTableError(ValueError):
+    """A price table that cannot be used; the message names the file and the fields, never their contents."""
+
+
 def load_prices(path: str | None = None) -> PriceTable:
     """The table at ``path`` (``BYOK_PRICES_FILE``), else the one shipped with the package."""
     origin = path or default_prices_path()
-    return PriceTable(PriceFile.model_validate_json(Path(origin).read_bytes()), origin)
+    try:
+        return PriceTable(PriceFile.model_validate_json(Path(origin).read_bytes()), origin)
+    except ValidationError as exc:
+        # Never pydantic's own text: it quotes the input, and a file set by mistake may hold anything (a key…).
+        raise PriceTableError(f"price table {origin}: {_problems(exc)}") from None
+
+
+def _problems(exc: ValidationError) -> str:
+    errors = exc.errors(include_input=False, include_url=False, include_context=False)
+    if any(error["type"] == "json_invalid" for error in errors):
+        return "not JSON"
+    return "; ".join(f"{'.'.join(map(str, error['loc'])) or 'the table'}: {error['msg']}" for error in errors)

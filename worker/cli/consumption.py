@@ -29,7 +29,13 @@ _KEY_TITLES = {"day": "day", "provider": "provider", "model": "model", "automati
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    query = subparsers.add_parser("consumption", help="a workspace's token usage and estimated cost")
+    query = subparsers.add_parser(
+        "consumption", help="a workspace's token usage and estimated cost",
+        description="Reads a workspace's consumption from the store the aggregator writes: requests, the five token "
+                    "counts and the estimated cost, grouped as asked, with totals (or JSON).",
+        epilog="settings: BYOK_STORE_URL (the aggregator's store), BYOK_PRICES_FILE. "
+               "exit codes: 0 printed, 1 store or price table failure, 2 invalid arguments",
+    )
     query.add_argument("workspace", help="workspace id")
     query.add_argument("--since", help="inclusive start: ISO-8601 with offset (2025-06-01T00:00:00Z) or a date")
     query.add_argument("--until", help="exclusive end: ISO-8601 with offset or a date")

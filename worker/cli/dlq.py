@@ -27,6 +27,7 @@ from worker.broker.names import (
     JOB_ROUTING_KEY,
     Topology,
 )
+from worker.cli.broker_errors import BrokerProblem, broker_problems
 from worker.settings import Settings, load_settings
 
 REPLAY_HEADER = "x-byok-replayed"
@@ -131,15 +132,26 @@ def replayed(message: AbstractIncomingMessage) -> aio_pika.Message:
 
 
 def _print_table(views: list[DeadLetterView]) -> None:
-    print(f"{'message_id':<28} {'workspace':<16} {'error':<16} reason")
-    for view in views:
-        print(f"{(view.message_id or '-')[:28]:<28} {(view.workspace_id or '-')[:16]:<16} {view.error[:16]:<16} "
-              f"{view.reason}")
+    # Columns as wide as their longest cell: a message id is printed whole, to be pasted into `byok dlq show`.
+    rows = [("message_id", "workspace", "error", "reason")]
+    rows += [(view.message_id or "-", view.workspace_id or "-", view.error, view.reason) for view in views]
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    for row in rows:
+        print("  ".join([*(cell.ljust(width) for cell, width in zip(row[:3], widths, strict=True)), row[3]]).rstrip())
     print(f"{len(views)} dead letter(s)")
 
 
 def _run(args: argparse.Namespace) -> int:
     settings = load_settings()
+    try:
+        with broker_problems(settings):
+            return _run_verb(args, settings)
+    except BrokerProblem as exc:
+        print(f"byok dlq {args.dlq_command}: {exc}", file=sys.stderr)
+        return 1
+
+
+def _run_verb(args: argparse.Namespace, settings: Settings) -> int:
     if args.dlq_command == "show":
         found = asyncio.run(scan(settings, selector(None, None, args.message_id), 1))
         if not found:
@@ -161,17 +173,33 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+DLQ_EPILOG = ("settings: BYOK_AMQP_URL, BYOK_TOPOLOGY_PREFIX (read on the dead-letter queue, write on the jobs "
+              "exchange). exit codes: 0 done, 1 broker problem or no such dead letter, 2 invalid arguments")
+
+
 def register(subparsers: Any) -> None:
-    dlq = subparsers.add_parser("dlq", help="inspect and replay dead-lettered jobs")
+    dlq = subparsers.add_parser(
+        "dlq", help="inspect and replay dead-lettered jobs",
+        description="Dead letters (the jobs.dead queue): failed jobs, malformed and poison messages, each with its "
+                    "error code and reason. list and show remove nothing; replay republishes after a fix.",
+        epilog=DLQ_EPILOG,
+    )
     verbs = dlq.add_subparsers(dest="dlq_command", required=True)
-    for verb, text in (("list", "list dead letters with their reasons"),
-                       ("replay", "republish chosen dead letters to byok.jobs (removed only once confirmed)")):
-        parser = verbs.add_parser(verb, help=text)
+    for verb, text, description in (
+        ("list", "list dead letters with their reasons",
+         "Lists dead letters (message id, workspace, error code, reason), oldest first; removes nothing."),
+        ("replay", "republish chosen dead letters to byok.jobs (removed only once confirmed)",
+         "Republishes the chosen dead letters to the jobs exchange without their error headers, and removes each "
+         "only once its copy is confirmed. Fix the cause first."),
+    ):
+        parser = verbs.add_parser(verb, help=text, description=description, epilog=DLQ_EPILOG)
         parser.add_argument("--workspace", help="only this workspace's jobs")
         parser.add_argument("--reason", help="only this error code (e.g. provider_error, invalid_job, delivery_limit)")
         parser.add_argument("--limit", type=int, default=100 if verb == "list" else 1000)
         parser.add_argument("--json", action="store_true")
         parser.set_defaults(func=_run)
-    show = verbs.add_parser("show", help="one dead letter: headers and body")
+    show = verbs.add_parser("show", help="one dead letter: headers and body", epilog=DLQ_EPILOG,
+                            description="One dead letter, by the message id `byok dlq list` prints: its headers "
+                                        "and body, as JSON.")
     show.add_argument("message_id")
     show.set_defaults(func=_run)

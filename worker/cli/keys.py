@@ -28,6 +28,9 @@ from worker.keys.endpoint import Endpoint, EndpointError, check_destination
 from worker.settings import Settings
 
 Command = Callable[[argparse.Namespace], int]
+KEYS_EPILOG = ("settings: BYOK_VAULT_ADDR, BYOK_VAULT_TOKEN (the admin identity: may seal, never decrypt), "
+               "BYOK_VAULT_TRANSIT_MOUNT, BYOK_VAULT_KEY_PREFIX, BYOK_VAULT_NAMESPACE. "
+               "exit codes: 0 done, 1 Vault refused or failed, 2 wrong usage or input")
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -36,24 +39,35 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="workspace transit keys: create, seal, rotate, rewrap, retire, status",
         description="Workspace keys and sealing with the admin identity (BYOK_VAULT_ADDR, BYOK_VAULT_TOKEN). "
                     "A provider key is read from stdin or a hidden prompt, never from the command line.",
+        epilog=KEYS_EPILOG,
     )
     commands = keys.add_subparsers(dest="keys_command", required=True, metavar="KEYS_COMMAND",
                                    parser_class=_NoEchoParser)
 
-    create = commands.add_parser("create", help="create the workspace's transit key (idempotent)")
+    create = commands.add_parser(
+        "create", help="create the workspace's transit key (idempotent)", epilog=KEYS_EPILOG,
+        description="Creates the workspace's transit key (aes256-gcm96, derived, not exportable, not deletable); "
+                    "a key that exists already is left as it is.",
+    )
     _workspace(create)
     create.set_defaults(func=_create)
 
     seal = commands.add_parser(
         "seal", help="seal a provider key (stdin, or a hidden prompt) and print its vault:vN:… string",
         description="Reads the provider key from stdin (one trailing newline is stripped) or, on a terminal, "
-                    "from a hidden prompt. Prints exactly one line: the sealed key.",
+                    "from a hidden prompt. Prints exactly one line: the sealed key. A key that is empty or has "
+                    "whitespace around it is refused.",
+        epilog=KEYS_EPILOG,
     )
     _workspace(seal)
     _endpoint(seal)
     seal.set_defaults(func=_seal)
 
-    rotate = commands.add_parser("rotate", help="new key version; keys sealed earlier keep opening")
+    rotate = commands.add_parser(
+        "rotate", help="new key version; keys sealed earlier keep opening", epilog=KEYS_EPILOG,
+        description="Adds a version to the workspace's transit key: new seals use it, keys sealed earlier keep "
+                    "opening until they are retired.",
+    )
     _workspace(rotate)
     rotate.set_defaults(func=_rotate)
 
@@ -62,18 +76,26 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Rewraps inside Vault (the plaintext never leaves it). Every line must be sealed for the "
                     "given endpoint: the binding is needed to open it. All lines or none: on any failure "
                     "nothing is printed.",
+        epilog=KEYS_EPILOG,
     )
     _workspace(rewrap)
     _endpoint(rewrap)
     rewrap.set_defaults(func=_rewrap)
 
-    retire = commands.add_parser("retire", help="raise min_decryption_version: older sealed keys stop opening")
+    retire = commands.add_parser(
+        "retire", help="raise min_decryption_version: older sealed keys stop opening", epilog=KEYS_EPILOG,
+        description="Raises the key's min_decryption_version (never lowers it): keys sealed with older versions "
+                    "stop opening, and jobs carrying them fail with key_unavailable.",
+    )
     _workspace(retire)
     retire.add_argument("--before-version", type=int, metavar="N",
                         help="retire versions below N (default: the latest version)")
     retire.set_defaults(func=_retire)
 
-    status = commands.add_parser("status", help="key versions and retirement (never key material)")
+    status = commands.add_parser(
+        "status", help="key versions and retirement (never key material)", epilog=KEYS_EPILOG,
+        description="The key's type, flags, versions and minimum decryption version; never key material.",
+    )
     _workspace(status)
     status.add_argument("--json", action="store_true", help="print JSON")
     status.set_defaults(func=_status)
@@ -120,9 +142,9 @@ def _seal(args: argparse.Namespace) -> int:
     def run(admin: KeyAdmin) -> int:
         endpoint = _resolve_endpoint(args, carries_key=True)
         admin.status(args.workspace_id)  # a missing key is reported before anyone types a secret
-        provider_key = read_provider_key(
+        provider_key = refuse_surrounding_whitespace(read_provider_key(
             sys.stdin, prompt=f"{endpoint.provider.value} key for workspace {args.workspace_id} (hidden): "
-        )
+        ))
         sealed = admin.seal(args.workspace_id, endpoint, provider_key)
         sys.stdout.write(sealed + "\n")
         return 0
@@ -224,6 +246,18 @@ def read_provider_key(stream: TextIO | None, *, prompt: str) -> SecretStr:
     elif text.endswith("\n"):
         text = text[:-1]
     return SecretStr(text)
+
+
+def refuse_surrounding_whitespace(key: SecretStr) -> SecretStr:
+    """No provider issues keys with spaces around them: they come from a paste or an ``echo`` gone wrong,
+    and sealed as they are they would fail at the provider with ``auth_failed`` on every job."""
+    value = key.get_secret_value()
+    if value and not value.strip():
+        raise KeyUsageError("the provider key is only whitespace: nothing was sealed")
+    if value != value.strip():
+        raise KeyUsageError("the provider key has leading or trailing whitespace (a space, tab or line break): "
+                            "nothing was sealed")
+    return key
 
 
 def _resolve_endpoint(args: argparse.Namespace, *, carries_key: bool) -> Endpoint:

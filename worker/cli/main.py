@@ -1,4 +1,4 @@
-"""The ``byok`` command: one subcommand per process or task (DESIGN.md, "Processes and interfaces")."""
+"""The ``byok`` command: one subcommand per process or task (README.md, "Commands")."""
 
 from __future__ import annotations
 

@@ -13,8 +13,9 @@ import orjson
 from aio_pika.abc import AbstractIncomingMessage, DeliveryMode
 from pydantic import ValidationError
 
-from schemas.models import CompletionJob
+from schemas.models import MAX_JOB_BYTES, CompletionJob
 from worker.broker.names import CONTENT_TYPE, JOB_ROUTING_KEY, Topology
+from worker.cli.broker_errors import BrokerProblem, broker_problems
 from worker.cli.common import configured_settings
 from worker.settings import Settings
 
@@ -25,6 +26,9 @@ class SubmitError(RuntimeError):
 
 def load_job(path: str) -> tuple[CompletionJob, bytes]:
     raw = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+    if len(raw) > MAX_JOB_BYTES:
+        # The worker dead-letters such a job unread (invalid_job): refuse it before it is published.
+        raise SubmitError(f"the job is {len(raw)} bytes; a job is at most {MAX_JOB_BYTES} bytes (1 MiB)")
     try:
         job = CompletionJob.model_validate_json(raw)
     except ValidationError as exc:
@@ -78,7 +82,13 @@ def _submit(args: argparse.Namespace) -> int:
     except (SubmitError, OSError) as exc:
         print(f"byok submit: {exc}", file=sys.stderr)
         return 2
-    result = asyncio.run(submit(configured_settings(), job, body, wait_s=args.timeout if args.wait else None))
+    settings = configured_settings()
+    try:
+        with broker_problems(settings):
+            result = asyncio.run(submit(settings, job, body, wait_s=args.timeout if args.wait else None))
+    except BrokerProblem as exc:
+        print(f"byok submit: {exc}", file=sys.stderr)
+        return 1
     if not args.wait:
         print(f"published {job.job_id}")
         return 0
@@ -91,7 +101,13 @@ def _submit(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     commands = subparsers
-    job = commands.add_parser("submit", help="publish a completion job")
+    job = commands.add_parser(
+        "submit", help="publish a completion job",
+        description="Validates a job (byok.completion_job.v1, at most 1 MiB) and publishes it to the jobs exchange "
+                    "with a publisher confirm; with --wait, prints its result when the worker answers.",
+        epilog="settings: BYOK_AMQP_URL, BYOK_TOPOLOGY_PREFIX. exit codes: 0 published (or result printed), "
+               "1 broker problem or no result within --timeout, 2 the job is invalid or too large",
+    )
     job.add_argument("--file", required=True, help="job JSON file, or - for stdin")
     job.add_argument("--wait", action="store_true", help="wait for the result and print it")
     job.add_argument("--timeout", type=float, default=120.0, help="seconds to wait with --wait (default 120)")

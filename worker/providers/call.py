@@ -27,9 +27,11 @@ async def call_provider(
         response = await client.post(
             endpoint.base_url + request.path, content=orjson.dumps(request.body), headers=request.headers
         )
-    except httpx.TimeoutException:
-        raise RetryableFailure(ErrorCode.TIMEOUT, "the provider did not answer in time") from None
     except httpx.TransportError as exc:
+        if _refused(exc):
+            raise RetryableFailure(ErrorCode.PROVIDER_ERROR, "connection refused by the provider") from None
+        if isinstance(exc, httpx.TimeoutException):
+            raise RetryableFailure(ErrorCode.TIMEOUT, "the provider did not answer in time") from None
         # The exception text names the URL at most; keys travel only in headers.
         raise RetryableFailure(
             ErrorCode.PROVIDER_ERROR, f"connection to the provider failed ({type(exc).__name__})"
@@ -49,3 +51,16 @@ async def call_provider(
         raise JobFailure(
             ErrorCode.PROVIDER_ERROR, f"unreadable provider response ({exc})", provider_status=response.status_code
         ) from None
+
+
+def _refused(exc: BaseException) -> bool:
+    """Whether the connection was refused. httpx_aiohttp maps aiohttp's refused connect to ``ConnectTimeout``:
+    the ``ConnectionRefusedError`` it came from is further down the exception's chain."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # a chain is a few links long; never loop on a cyclic one
+        if seen is None:
+            return False
+        if isinstance(seen, ConnectionRefusedError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
