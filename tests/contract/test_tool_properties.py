@@ -3,6 +3,7 @@ protocols, and in that request every tool result refers to a call made earlier i
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import pytest
@@ -20,15 +21,17 @@ def _ollama_refuses(spec: dict[str, Any]) -> bool:
     return forced or IMAGE_URL in repr(spec["messages"])
 
 
-def chat_pairs(body: dict[str, Any]) -> tuple[list[str], list[str]]:
-    """Call ids in order of appearance, and each tool result's id checked against the calls before it."""
+def chat_pairs(body: dict[str, Any], *, by_name: bool = False) -> tuple[list[str], list[str]]:
+    """Call ids in order of appearance, and each tool result's id checked against the calls before it.
+    Ollama has no ids (``by_name``): a tool result names its tool, which an earlier call must have called."""
     made: list[str] = []
     answered: list[str] = []
     for message in body["messages"]:
-        made.extend(call["id"] for call in message.get("tool_calls") or [])
+        made.extend(call["function"]["name"] if by_name else call["id"] for call in message.get("tool_calls") or [])
         if message["role"] == "tool":
-            assert message["tool_call_id"] in made, "a tool result refers to a call made earlier"
-            answered.append(message["tool_call_id"])
+            answers = message["tool_name"] if by_name else message["tool_call_id"]
+            assert answers in made, "a tool result refers to a call made earlier"
+            answered.append(answers)
     return made, answered
 
 
@@ -48,20 +51,8 @@ def anthropic_pairs(body: dict[str, Any]) -> tuple[list[str], list[str]]:
     return made, answered
 
 
-def ollama_pairs(body: dict[str, Any]) -> tuple[list[str], list[str]]:
-    """Ollama has no ids: a tool result names its tool, which an earlier call must have called."""
-    made: list[str] = []
-    answered: list[str] = []
-    for message in body["messages"]:
-        made.extend(call["function"]["name"] for call in message.get("tool_calls") or [])
-        if message["role"] == "tool":
-            assert message["tool_name"] in made, "a tool result names a tool called earlier"
-            answered.append(message["tool_name"])
-    return made, answered
-
-
 PAIRS = {Provider.OPENAI: chat_pairs, Provider.MISTRAL: chat_pairs, Provider.ANTHROPIC: anthropic_pairs,
-         Provider.OLLAMA: ollama_pairs}
+         Provider.OLLAMA: partial(chat_pairs, by_name=True)}
 
 
 def job_calls(spec: dict[str, Any], provider: Provider) -> list[str]:
