@@ -92,12 +92,15 @@ def with_input(**fields: Any) -> dict[str, Any]:
 @pytest.mark.parametrize(
     "fields",
     [{"max_tokens": True}, {"max_tokens": "100"}, {"max_tokens": 1.5}, {"max_tokens": 100.0},
-     {"temperature": "0.5"}, {"temperature": True}, {"top_p": "1"},
+     {"temperature": "0.5"}, {"temperature": True}, {"top_p": "1"}, {"deadline": 1767225600},
+     {"deadline": "1767225600"},
      {"response_format": {"type": "json_schema", "schema": {"type": "object"}, "strict": "true"}}],
 )
 def test_json_types_are_strict(fields: dict[str, Any]) -> None:
+    job_level = {name: fields[name] for name in ("deadline",) if name in fields}
+    input_level = {name: value for name, value in fields.items() if name not in job_level}
     with pytest.raises(ValidationError):
-        CompletionJob.model_validate(with_input(**fields))
+        CompletionJob.model_validate(with_input(**input_level) | job_level)
 
 
 def test_integers_are_numbers_and_deadlines_stay_iso_strings() -> None:
