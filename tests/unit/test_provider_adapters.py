@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -17,6 +18,7 @@ from worker.keys.endpoint import Endpoint
 from worker.providers import ADAPTERS
 from worker.providers.anthropic import DEFAULT_MAX_TOKENS
 from worker.providers.call import call_provider
+from worker.providers.mistral import mistral_call_id
 
 KEY = "sk-ant-api03-Zx9secretKEYvalue0123456789"
 OPAQUE_KEY = "q8Zr2LmN4vB7xT1kP0sD5fG3hJ6wE9yU"  # Mistral-like: no recognisable prefix
@@ -513,3 +515,14 @@ def test_finish_reasons_are_normalised(provider: Provider, raw: str, expected: s
     }[provider]
     reply = ADAPTERS[provider].parse_response(body)
     assert (reply.finish_reason, reply.provider_finish_reason) == (expected, raw)
+
+
+def test_mistral_gets_tool_call_ids_it_accepts() -> None:
+    """Mistral refuses ids other than nine letters and digits: others map the same way for call and result."""
+    assert mistral_call_id("D681PevKs") == "D681PevKs", "Mistral's own ids go back unchanged"
+    mapped = mistral_call_id("call_1")
+    assert re.fullmatch(r"[A-Za-z0-9]{9}", mapped)
+    assert mapped == mistral_call_id("call_1") != mistral_call_id("call_2")
+    body = ADAPTERS[Provider.MISTRAL].build_request(
+        make_job(Provider.MISTRAL, **{**TOOL_LOOP, "tool_choice": "auto"}), endpoint(Provider.MISTRAL), KEY).body
+    assert body["messages"][1]["tool_calls"][0]["id"] == body["messages"][2]["tool_call_id"] == mapped
