@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
 import re
-import string
 from typing import Any
 
 from schemas.models import CompletionJob, Provider, TokenCounts
@@ -19,10 +17,10 @@ from worker.providers.chat_completions import (
     tool_options,
 )
 from worker.providers.common import classify_status, count, error_body, mentions
+from worker.providers.tool_mapping import stable_call_id
 
 MAX_TEMPERATURE = 1.5
 MISTRAL_CALL_ID = re.compile(r"^[A-Za-z0-9]{9}$")
-BASE62 = string.digits + string.ascii_letters
 QUOTA_TYPES = frozenset({"insufficient_quota", "quota_exceeded", "billing_error"})
 QUOTA_WORDS = ("quota", "usage limit", "billing", "credit", "payment")
 
@@ -45,14 +43,7 @@ def mistral_call_id(call_id: str) -> str:
     """Mistral takes only tool-call ids of nine letters and digits (its own are): any other id, from another
     provider or made by the worker, is mapped to nine base-62 digits of its SHA-256, the same for the call and
     its result, so a conversation begun elsewhere continues on Mistral."""
-    if MISTRAL_CALL_ID.fullmatch(call_id):
-        return call_id
-    number = int.from_bytes(hashlib.sha256(call_id.encode()).digest()[:8])
-    digits = []
-    for _ in range(9):
-        number, digit = divmod(number, 62)
-        digits.append(BASE62[digit])
-    return "".join(digits)
+    return call_id if MISTRAL_CALL_ID.fullmatch(call_id) else stable_call_id(call_id, prefix="", digits=9)
 
 
 class MistralAdapter:
