@@ -179,4 +179,3 @@ def parse_chat_completion(
         tool_calls=calls,
         parsed=structured_answer(job, text, finish, calls),
     )
-

@@ -20,6 +20,8 @@ from schemas.conversation import TOOL_NAME_PATTERN, ImagePart, TextPart, ToolCal
 from schemas.models import CompletionJob
 from worker.failures import InvalidJob
 
+TOOL_NAME = re.compile(TOOL_NAME_PATTERN)
+
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "other"]
 
 CHAT_COMPLETIONS_FINISH: Final[Mapping[str, FinishReason]] = {
@@ -30,8 +32,6 @@ ANTHROPIC_FINISH: Final[Mapping[str, FinishReason]] = {
     "end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length",
     "model_context_window_exceeded": "length", "tool_use": "tool_calls", "refusal": "content_filter",
 }
-TOOL_NAME = re.compile(TOOL_NAME_PATTERN)
-
 OLLAMA_FINISH: Final[Mapping[str, FinishReason]] = {"stop": "stop", "length": "length"}
 
 
