@@ -419,8 +419,6 @@ def test_anthropic_structured_output_is_a_forced_answer_tool() -> None:
      "ollama cannot express an image by URL"),
     (Provider.OLLAMA, {**TOOL_LOOP, "tool_choice": "required"}, "ollama cannot express tool_choice 'required'"),
     (Provider.OLLAMA, TOOL_LOOP, "ollama cannot express tool_choice {'name': 'get_weather'}"),
-    (Provider.ANTHROPIC, {"messages": TOOL_LOOP["messages"]},
-     "anthropic cannot express tool calls in the conversation without input.tools"),
     (Provider.OPENAI, {**TOOL_LOOP, "messages": [*TOOL_LOOP["messages"][:2], {
         "role": "tool", "tool_call_id": "call_1",
         "content": [{"type": "image", "media_type": "image/png", "data": "aGk="}]}]},

@@ -27,7 +27,7 @@ from schemas.conversation import (
     response_name,
 )
 from schemas.models import CompletionInput
-from worker.providers.tool_mapping import refuse, stable_call_id
+from worker.providers.tool_mapping import stable_call_id
 
 TOOL_USE_ID: Final = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 RESPONSE_TOOL_DESCRIPTION: Final = "Give the final answer with this tool; its input is the answer."
@@ -112,10 +112,6 @@ def anthropic_tools(spec: CompletionInput) -> dict[str, Any]:
             answer["input_schema"] = {"type": "object"}
         tools.append(answer)
         choice = _answer_choice(spec, name)
-    if not tools and any(isinstance(m, ToolMessage) or (isinstance(m, AssistantMessage) and m.tool_calls)
-                         for m in spec.messages):
-        # Anthropic answers 400 "Requests which include `tool_use` or `tool_result` blocks must define tools".
-        raise refuse("anthropic", "tool calls in the conversation without input.tools: define the tools")
     options: dict[str, Any] = {}
     if tools:
         options["tools"] = tools
