@@ -348,6 +348,13 @@ def test_anthropic_maps_tools_calls_results_and_images() -> None:
     assert body["tool_choice"] == {"type": "tool", "name": "get_weather"}
 
 
+def test_anthropic_drops_blank_text_beside_tool_calls() -> None:
+    loop = [TOOL_LOOP["messages"][0], {**TOOL_LOOP["messages"][1], "content": " \n"}, TOOL_LOOP["messages"][2]]
+    body = ADAPTERS[Provider.ANTHROPIC].build_request(
+        make_job(Provider.ANTHROPIC, **{**TOOL_LOOP, "messages": loop}), endpoint(Provider.ANTHROPIC), KEY).body
+    assert [block["type"] for block in body["messages"][1]["content"]] == ["tool_use"]
+
+
 def test_ollama_maps_tools_calls_results_and_images() -> None:
     loop = {**TOOL_LOOP, "tool_choice": "auto"}
     body = ADAPTERS[Provider.OLLAMA].build_request(
