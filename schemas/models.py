@@ -16,11 +16,25 @@ from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
+    Strict,
     StringConstraints,
     field_validator,
     model_validator,
+)
+
+from schemas.conversation import (
+    MAX_TOOLS,
+    ChatMessage,
+    ResponseFormat,
+    Tool,
+    ToolCall,
+    ToolChoice,
+    check_response_tool,
+    check_tool_pairing,
+    check_tools,
 )
 
 JOB_SCHEMA: Final = "byok.completion_job.v1"
@@ -49,6 +63,18 @@ def _utc(value: datetime) -> datetime:
 
 
 UtcDatetime = Annotated[AwareDatetime, AfterValidator(_utc)]
+
+
+def _date_time_text(value: Any) -> Any:
+    """A job's times are JSON Schema ``date-time`` strings: pydantic alone would take a number of seconds."""
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str) or value.strip().replace(".", "", 1).lstrip("+-").isdigit():
+        raise ValueError("must be an ISO-8601 date-time string with a UTC offset")
+    return value
+
+
+JobDatetime = Annotated[UtcDatetime, BeforeValidator(_date_time_text)]
 
 
 class Provider(StrEnum):
@@ -102,18 +128,26 @@ class ModelRef(_Message):
         return self
 
 
-class ChatMessage(_Message):
-    role: Literal["user", "assistant"]
-    content: str
-
-
 class CompletionInput(_Message):
+    # Numbers are Strict: JSON's true or "100" is not an integer, as the published JSON Schema says
+    # (a strict float still takes an integer, as JSON Schema's number does).
     system: str | None = None
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
-    max_tokens: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
-    temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
-    top_p: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
+    max_tokens: Annotated[int, Strict(), Field(ge=1, le=1_000_000)] | None = None
+    temperature: Annotated[float, Strict(), Field(ge=0.0, le=2.0)] | None = None
+    top_p: Annotated[float, Strict(), Field(gt=0.0, le=1.0)] | None = None
     stop: Annotated[list[Annotated[str, StringConstraints(min_length=1)]], Field(max_length=4)] | None = None
+    # -- tools, structured output (schemas/conversation.py)
+    tools: Annotated[list[Tool], Field(max_length=MAX_TOOLS)] | None = None
+    tool_choice: ToolChoice | None = None
+    response_format: ResponseFormat | None = None
+
+    @model_validator(mode="after")
+    def _conversation(self) -> CompletionInput:
+        check_tools(self.tools, self.tool_choice)
+        check_response_tool(self.tools, self.response_format)
+        check_tool_pairing(self.messages)
+        return self
 
 
 class CompletionJob(_Message):
@@ -126,7 +160,7 @@ class CompletionJob(_Message):
                     Field(max_length=MAX_TAGS)] = Field(default_factory=dict)
     model: ModelRef
     input: CompletionInput
-    deadline: UtcDatetime | None = None
+    deadline: JobDatetime | None = None
     metadata: dict[str, Any] | None = None
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
@@ -156,7 +190,16 @@ class TokenCounts(_Message):
 
 class Output(_Message):
     text: str
-    finish_reason: str | None = None
+    finish_reason: str | None = Field(
+        default=None,
+        description="normalised: stop | length | tool_calls | content_filter | other (tool_calls whenever "
+        "tool_calls is not empty)",
+    )
+    provider_finish_reason: str | None = Field(default=None, description="the provider's own value")
+    tool_calls: list[ToolCall] = Field(default_factory=list)
+    parsed: dict[str, Any] | None = Field(
+        default=None, description="the structured answer, when the job asked for a response_format"
+    )
 
 
 class ResultError(_Message):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -17,6 +18,7 @@ from worker.keys.endpoint import Endpoint
 from worker.providers import ADAPTERS
 from worker.providers.anthropic import DEFAULT_MAX_TOKENS
 from worker.providers.call import call_provider
+from worker.providers.mistral import mistral_call_id
 
 KEY = "sk-ant-api03-Zx9secretKEYvalue0123456789"
 OPAQUE_KEY = "q8Zr2LmN4vB7xT1kP0sD5fG3hJ6wE9yU"  # Mistral-like: no recognisable prefix
@@ -297,3 +299,262 @@ async def test_what_each_adapter_sends_over_the_wire(provider: Provider) -> None
     assert str(request.url) == expected
     assert request.method == "POST"
     assert orjson.loads(request.content)["model"] == "some-model"
+
+
+# ------------------------------------------------------------- tools, images, structured output (#14)
+
+WEATHER_PARAMS = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+TOOL_LOOP: dict[str, Any] = {
+    "messages": [
+        {"role": "user", "content": [{"type": "text", "text": "Weather here?"},
+                                     {"type": "image", "media_type": "image/png", "data": "aGk="}]},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "name": "get_weather", "arguments": {"city": "Paris"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "18C"},
+    ],
+    "tools": [{"name": "get_weather", "description": "Weather now.", "parameters": WEATHER_PARAMS}],
+    "tool_choice": {"name": "get_weather"},
+}
+
+
+def test_openai_maps_tools_calls_results_and_images() -> None:
+    body = ADAPTERS[Provider.OPENAI].build_request(
+        make_job(Provider.OPENAI, **TOOL_LOOP), endpoint(Provider.OPENAI), KEY).body
+    assert body["messages"] == [
+        {"role": "user", "content": [{"type": "text", "text": "Weather here?"},
+                                     {"type": "image_url", "image_url": {"url": "data:image/png;base64,aGk="}}]},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function",
+             "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "18C"},
+    ]
+    assert body["tools"] == [{"type": "function", "function": {
+        "name": "get_weather", "description": "Weather now.", "parameters": WEATHER_PARAMS}}]
+    assert body["tool_choice"] == {"type": "function", "function": {"name": "get_weather"}}
+
+
+def test_anthropic_maps_tools_calls_results_and_images() -> None:
+    body = ADAPTERS[Provider.ANTHROPIC].build_request(
+        make_job(Provider.ANTHROPIC, **TOOL_LOOP), endpoint(Provider.ANTHROPIC), KEY).body
+    assert body["messages"] == [
+        {"role": "user", "content": [
+            {"type": "text", "text": "Weather here?"},
+            {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "aGk="}}]},
+        {"role": "assistant", "content": [
+            {"type": "tool_use", "id": "call_1", "name": "get_weather", "input": {"city": "Paris"}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "call_1", "content": "18C"}]},
+    ]
+    assert body["tools"] == [{"name": "get_weather", "description": "Weather now.", "input_schema": WEATHER_PARAMS}]
+    assert body["tool_choice"] == {"type": "tool", "name": "get_weather"}
+
+
+def test_anthropic_drops_blank_text_beside_tool_calls() -> None:
+    loop = [TOOL_LOOP["messages"][0], {**TOOL_LOOP["messages"][1], "content": " \n"}, TOOL_LOOP["messages"][2]]
+    body = ADAPTERS[Provider.ANTHROPIC].build_request(
+        make_job(Provider.ANTHROPIC, **{**TOOL_LOOP, "messages": loop}), endpoint(Provider.ANTHROPIC), KEY).body
+    assert [block["type"] for block in body["messages"][1]["content"]] == ["tool_use"]
+
+
+def test_ollama_maps_tools_calls_results_and_images() -> None:
+    loop = {**TOOL_LOOP, "tool_choice": "auto"}
+    body = ADAPTERS[Provider.OLLAMA].build_request(
+        make_job(Provider.OLLAMA, **loop), endpoint(Provider.OLLAMA), None).body
+    assert body["messages"] == [
+        {"role": "user", "content": "Weather here?", "images": ["aGk="]},
+        {"role": "assistant", "content": "", "tool_calls": [
+            {"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
+        {"role": "tool", "content": "18C", "tool_name": "get_weather"},
+    ]
+    assert body["tools"] == [{"type": "function", "function": {
+        "name": "get_weather", "parameters": WEATHER_PARAMS, "description": "Weather now."}}]
+    assert "tool_choice" not in body
+
+
+@pytest.mark.parametrize(("choice", "anthropic", "openai"), [
+    ("auto", {"type": "auto"}, "auto"), ("none", {"type": "none"}, "none"), ("required", {"type": "any"}, "required"),
+])
+def test_tool_choice_modes(choice: str, anthropic: dict[str, str], openai: str) -> None:
+    spec = {**TOOL_LOOP, "tool_choice": choice}
+    for provider, expected in ((Provider.ANTHROPIC, anthropic), (Provider.OPENAI, openai), (Provider.MISTRAL, openai)):
+        body = ADAPTERS[provider].build_request(make_job(provider, **spec), endpoint(provider), KEY).body
+        assert body["tool_choice"] == expected
+
+
+INVOICE = {"type": "object", "properties": {"total": {"type": "number"}}, "required": ["total"]}
+
+
+def test_response_formats() -> None:
+    schema_format = {"type": "json_schema", "name": "invoice", "schema": INVOICE, "strict": True}
+    for provider in (Provider.OPENAI, Provider.MISTRAL):
+        body = ADAPTERS[provider].build_request(
+            make_job(provider, response_format=schema_format), endpoint(provider), KEY).body
+        assert body["response_format"] == {"type": "json_schema",
+                                           "json_schema": {"name": "invoice", "schema": INVOICE, "strict": True}}
+        body = ADAPTERS[provider].build_request(
+            make_job(provider, response_format={"type": "json_object"}), endpoint(provider), KEY).body
+        assert body["response_format"] == {"type": "json_object"}
+    ollama = ADAPTERS[Provider.OLLAMA]
+    assert ollama.build_request(make_job(Provider.OLLAMA, response_format=schema_format),
+                                endpoint(Provider.OLLAMA), None).body["format"] == INVOICE
+    assert ollama.build_request(make_job(Provider.OLLAMA, response_format={"type": "json_object"}),
+                                endpoint(Provider.OLLAMA), None).body["format"] == "json"
+
+
+def test_anthropic_structured_output_is_a_forced_answer_tool() -> None:
+    anthropic = ADAPTERS[Provider.ANTHROPIC]
+    schema_format = {"type": "json_schema", "name": "invoice", "schema": INVOICE, "strict": True}
+    body = anthropic.build_request(make_job(Provider.ANTHROPIC, response_format=schema_format),
+                                   endpoint(Provider.ANTHROPIC), KEY).body
+    [tool] = body["tools"]
+    assert (tool["name"], tool["input_schema"], tool["strict"]) == ("invoice", INVOICE, True)
+    assert body["tool_choice"] == {"type": "tool", "name": "invoice"}
+    body = anthropic.build_request(make_job(Provider.ANTHROPIC, response_format={"type": "json_object"}),
+                                   endpoint(Provider.ANTHROPIC), KEY).body
+    assert [(t["name"], t["input_schema"]) for t in body["tools"]] == [("response", {"type": "object"})]
+    # An agent with its own tools may still call them: any tool, the answer tool among them.
+    agent = {**TOOL_LOOP, "tool_choice": "auto", "response_format": schema_format}
+    body = anthropic.build_request(make_job(Provider.ANTHROPIC, **agent), endpoint(Provider.ANTHROPIC), KEY).body
+    assert [t["name"] for t in body["tools"]] == ["get_weather", "invoice"]
+    assert body["tool_choice"] == {"type": "any"}
+    none = {**agent, "tool_choice": "none"}
+    body = anthropic.build_request(make_job(Provider.ANTHROPIC, **none), endpoint(Provider.ANTHROPIC), KEY).body
+    assert body["tool_choice"] == {"type": "tool", "name": "invoice"}
+
+
+@pytest.mark.parametrize(("provider", "spec", "reason"), [
+    (Provider.OLLAMA, {"messages": [{"role": "user", "content": [{"type": "image", "url": "https://x.test/a.png"}]}]},
+     "ollama cannot express an image by URL"),
+    (Provider.OLLAMA, {**TOOL_LOOP, "tool_choice": "required"}, "ollama cannot express tool_choice 'required'"),
+    (Provider.OLLAMA, TOOL_LOOP, "ollama cannot express tool_choice {'name': 'get_weather'}"),
+    (Provider.OPENAI, {**TOOL_LOOP, "messages": [*TOOL_LOOP["messages"][:2], {
+        "role": "tool", "tool_call_id": "call_1",
+        "content": [{"type": "image", "media_type": "image/png", "data": "aGk="}]}]},
+     "openai cannot express an image in a tool message"),
+])
+def test_what_a_protocol_cannot_express_is_invalid_before_sending(
+    provider: Provider, spec: dict[str, Any], reason: str
+) -> None:
+    with pytest.raises(InvalidJob) as caught:
+        ADAPTERS[provider].build_request(make_job(provider, **spec), endpoint(provider), KEY)
+    assert caught.value.message.startswith(reason)
+
+
+def chat_answer(message: dict[str, Any], finish: str = "stop") -> dict[str, Any]:
+    return {"choices": [{"index": 0, "message": {"role": "assistant", **message}, "finish_reason": finish}]}
+
+
+BAD_ANSWERS: list[tuple[str, Provider, dict[str, Any], str]] = [
+    ("openai arguments not JSON", Provider.OPENAI, chat_answer({"content": None, "tool_calls": [
+        {"id": "c", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Par'}}]},
+        "tool_calls"), "arguments of tool call 'get_weather' are not valid JSON"),
+    ("mistral arguments a list", Provider.MISTRAL, chat_answer({"content": "", "tool_calls": [
+        {"id": "c", "function": {"name": "get_weather", "arguments": "[1, 2]"}}]}, "tool_calls"),
+     "arguments of tool call 'get_weather' are not a JSON object"),
+    ("anthropic input not an object", Provider.ANTHROPIC, {
+        "content": [{"type": "tool_use", "id": "t", "name": "get_weather", "input": "Paris"}],
+        "stop_reason": "tool_use"}, "arguments of tool call 'get_weather' are not a JSON object"),
+    ("ollama tool without a name", Provider.OLLAMA, {
+        "message": {"role": "assistant", "content": "", "tool_calls": [{"function": {"arguments": {}}}]},
+        "done": True}, "a tool call has no valid tool name"),
+]
+
+
+BILLED = {Provider.OPENAI: {"usage": {"prompt_tokens": 50, "completion_tokens": 7, "total_tokens": 57}},
+          Provider.MISTRAL: {"usage": {"prompt_tokens": 50, "completion_tokens": 7, "total_tokens": 57}},
+          Provider.ANTHROPIC: {"usage": {"input_tokens": 50, "output_tokens": 7}},
+          Provider.OLLAMA: {"prompt_eval_count": 50, "eval_count": 7}}
+
+
+async def read_unusable(provider: Provider, body: dict[str, Any], **input_fields: Any) -> Any:
+    """The reply to a billed answer that cannot be used: no exception, the reason and the usage kept."""
+    job = make_job(provider, **input_fields)
+    async with httpx.AsyncClient(transport=httpx.MockTransport(answer(200, {**body, **BILLED[provider]}))) as client:
+        reply = await call_provider(client, ADAPTERS[provider], job, endpoint(provider),
+                                    None if provider is Provider.OLLAMA else KEY)
+    assert (reply.tool_calls, reply.parsed, reply.finish_reason) == ((), None, None)
+    assert reply.usage is not None
+    assert (reply.usage.input_tokens, reply.usage.output_tokens) == (50, 7), "the billed call still counts"
+    return reply
+
+
+@pytest.mark.parametrize(("provider", "body", "reason"), [b[1:] for b in BAD_ANSWERS], ids=[b[0] for b in BAD_ANSWERS])
+async def test_unusable_tool_calls_are_flagged_with_their_usage(
+    provider: Provider, body: dict[str, Any], reason: str
+) -> None:
+    reply = await read_unusable(provider, body)
+    assert reason in reply.unusable
+
+
+STRUCTURED = {"type": "json_schema", "name": "invoice", "schema": INVOICE}
+
+
+@pytest.mark.parametrize(("provider", "body", "reason"), [
+    (Provider.OPENAI, chat_answer({"content": "Sure! The total is 3."}), "structured output is not valid JSON"),
+    (Provider.MISTRAL, chat_answer({"content": '{"total": '}, "length"), "cut at max_tokens"),
+    (Provider.OLLAMA, {"message": {"role": "assistant", "content": "[3]"}, "done": True, "done_reason": "stop"},
+     "structured output is not a JSON object"),
+    (Provider.ANTHROPIC, {"content": [{"type": "text", "text": "no tool"}], "stop_reason": "end_turn"},
+     "structured output is not valid JSON"),
+])
+async def test_structured_output_that_does_not_parse_is_flagged(
+    provider: Provider, body: dict[str, Any], reason: str
+) -> None:
+    reply = await read_unusable(provider, body, response_format=STRUCTURED)
+    assert reason in reply.unusable
+
+
+def test_a_refusal_is_content_filter_not_a_parse_failure() -> None:
+    body = chat_answer({"content": None, "refusal": "I can't help with that."})
+    reply = ADAPTERS[Provider.OPENAI].parse_response(body, make_job(Provider.OPENAI, response_format=STRUCTURED))
+    assert (reply.text, reply.finish_reason, reply.provider_finish_reason, reply.parsed) == (
+        "I can't help with that.", "content_filter", "stop", None)
+
+
+@pytest.mark.parametrize(("provider", "raw", "expected"), [
+    (Provider.OPENAI, "stop", "stop"), (Provider.OPENAI, "length", "length"),
+    (Provider.OPENAI, "content_filter", "content_filter"), (Provider.OPENAI, "weird", "other"),
+    (Provider.MISTRAL, "model_length", "length"), (Provider.MISTRAL, "error", "other"),
+    (Provider.ANTHROPIC, "end_turn", "stop"), (Provider.ANTHROPIC, "stop_sequence", "stop"),
+    (Provider.ANTHROPIC, "max_tokens", "length"), (Provider.ANTHROPIC, "refusal", "content_filter"),
+    (Provider.ANTHROPIC, "pause_turn", "other"), (Provider.OLLAMA, "stop", "stop"),
+    (Provider.OLLAMA, "length", "length"), (Provider.OLLAMA, "unload", "other"),
+])
+def test_finish_reasons_are_normalised(provider: Provider, raw: str, expected: str) -> None:
+    body: dict[str, Any] = {
+        Provider.OPENAI: chat_answer({"content": "x"}, raw), Provider.MISTRAL: chat_answer({"content": "x"}, raw),
+        Provider.ANTHROPIC: {"content": [{"type": "text", "text": "x"}], "stop_reason": raw},
+        Provider.OLLAMA: {"message": {"role": "assistant", "content": "x"}, "done": True, "done_reason": raw},
+    }[provider]
+    reply = ADAPTERS[provider].parse_response(body)
+    assert (reply.finish_reason, reply.provider_finish_reason) == (expected, raw)
+
+
+def test_mistral_gets_tool_call_ids_it_accepts() -> None:
+    """Mistral refuses ids other than nine letters and digits: others map the same way for call and result."""
+    assert mistral_call_id("D681PevKs") == "D681PevKs", "Mistral's own ids go back unchanged"
+    mapped = mistral_call_id("call_1")
+    assert re.fullmatch(r"[A-Za-z0-9]{9}", mapped)
+    assert mapped == mistral_call_id("call_1") != mistral_call_id("call_2")
+    body = ADAPTERS[Provider.MISTRAL].build_request(
+        make_job(Provider.MISTRAL, **{**TOOL_LOOP, "tool_choice": "auto"}), endpoint(Provider.MISTRAL), KEY).body
+    assert body["messages"][1]["tool_calls"][0]["id"] == body["messages"][2]["tool_call_id"] == mapped
+
+
+@pytest.mark.parametrize(("provider", "foreign", "accepted"), [
+    (Provider.OPENAI, "chatcmpl-tool-" + "a" * 40, r"call_[A-Za-z0-9]{10}"),
+    (Provider.ANTHROPIC, "call.1:x", r"toolu_[A-Za-z0-9]{10}"),
+])
+def test_ids_a_protocol_refuses_are_mapped_for_call_and_result(provider: Provider, foreign: str, accepted: str) -> None:
+    loop = [TOOL_LOOP["messages"][0],
+            {"role": "assistant", "tool_calls": [{"id": foreign, "name": "get_weather", "arguments": {}}]},
+            {"role": "tool", "tool_call_id": foreign, "content": "x"}]
+    body = ADAPTERS[provider].build_request(
+        make_job(provider, **{**TOOL_LOOP, "messages": loop}), endpoint(provider), KEY).body
+    if provider is Provider.ANTHROPIC:
+        call_id, result_id = body["messages"][1]["content"][0]["id"], body["messages"][2]["content"][0]["tool_use_id"]
+    else:
+        call_id, result_id = body["messages"][1]["tool_calls"][0]["id"], body["messages"][2]["tool_call_id"]
+    assert call_id == result_id
+    assert re.fullmatch(accepted, call_id)
+    kept = ADAPTERS[provider].build_request(make_job(provider, **TOOL_LOOP), endpoint(provider), KEY).body
+    assert "call_1" in repr(kept), "ids the protocol takes are sent as they are"
