@@ -23,19 +23,23 @@ def fenced(text: str, language: str) -> list[str]:
     return re.findall(rf"```{language}\n(.*?)```", text, re.DOTALL)
 
 
+SIMULATOR_PATHS = {Provider.OPENAI: "/openai/v1", Provider.ANTHROPIC: "/anthropic"}
+
+
 def assert_runs_on_the_simulator(job: CompletionJob) -> None:
     assert job.model.base_url is not None, "without base_url the job would go to the real provider"
     endpoint = Endpoint.resolve(job.model.provider, job.model.base_url)
-    assert endpoint.base_url == f"http://127.0.0.1:{SIMULATOR_PORT}/openai/v1"
+    assert endpoint.base_url == f"http://127.0.0.1:{SIMULATOR_PORT}{SIMULATOR_PATHS[job.model.provider]}"
     assert job.deadline is None or job.deadline > datetime.now(UTC), "a deadline in the past expires the job"
 
 
 def test_the_job_example_is_a_valid_job_for_the_simulator() -> None:
     blocks = fenced(section("A job"), "json")
-    assert len(blocks) == 1
-    job = CompletionJob.model_validate_json(blocks[0])
-    assert job.model.provider is Provider.OPENAI
-    assert_runs_on_the_simulator(job)
+    jobs = [CompletionJob.model_validate_json(block) for block in blocks]
+    assert [job.model.provider for job in jobs] == [Provider.OPENAI, Provider.ANTHROPIC]
+    assert jobs[1].input.tools, "the second example is the agent's tool-call job"
+    for job in jobs:
+        assert_runs_on_the_simulator(job)
 
 
 def test_the_job_of_run_it_by_hand_is_valid_once_the_sealed_key_is_filled_in() -> None:

@@ -15,6 +15,7 @@ from schemas.conversation import MAX_IMAGE_BYTES
 from schemas.models import CompletionResult, ErrorCode, Status, TokenCounts
 from worker.jobs.metrics import WorkerMetrics
 from worker.jobs.pipeline import Completed, Delivery, JobRunner
+from worker.jobs.retry import RetryPolicy
 from worker.keys.unseal_cache import UnsealCache
 from worker.providers.http_pool import HttpClientPool
 from worker.settings import Settings
@@ -50,7 +51,8 @@ async def outcome_of(spec: dict[str, Any], answers: Answers | None = None, provi
         model["sealed_key"] = "vault:v1:c2VhbGVk"
     body = orjson.dumps({"job_id": "j-1", "workspace_id": "ws", "model": model, "input": spec})
     # Nothing here needs a key: the decryptor is never asked.
-    runner = JobRunner(Settings(), decryptor=None, http=http, cache=UnsealCache(ttl_s=1, max_entries=1),  # type: ignore[arg-type]
+    runner = JobRunner(RetryPolicy.from_settings(Settings()), allowed_hosts=None, decryptor=None,  # type: ignore[arg-type]
+                       http=http, cache=UnsealCache(ttl_s=1, max_entries=1),
                        metrics=WorkerMetrics())
     outcome = await runner.run(Delivery(body=body))
     await http.aclose()
