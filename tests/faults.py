@@ -7,7 +7,11 @@ import contextlib
 
 
 class TcpProxy:
-    """Forwards 127.0.0.1:<port> to a target; ``cut()`` drops every open connection at once."""
+    """Forwards 127.0.0.1:<port> to a target; ``cut()`` drops every open connection at once.
+
+    While ``refusing`` is set, new connections are closed as soon as they are accepted (the open ones carry
+    on); ``connections`` counts every attempt, refused ones too.
+    """
 
     def __init__(self, target_host: str, target_port: int) -> None:
         self._target = (target_host, target_port)
@@ -16,6 +20,7 @@ class TcpProxy:
         self._tasks: set[asyncio.Task[None]] = set()
         self.connections = 0
         self.port = 0
+        self.refusing = False
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
@@ -23,6 +28,9 @@ class TcpProxy:
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        if self.refusing:
+            writer.close()
+            return
         try:
             up_reader, up_writer = await asyncio.open_connection(*self._target)
         except OSError:

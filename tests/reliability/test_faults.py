@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from pydantic import SecretStr
 
 from schemas.models import Provider
+from tests.aggregator.helpers import aggregator_settings
 from tests.broker import BrokerTap, broker_tap, byok, job_body, publish_jobs
 from tests.conftest import Sealer
 from tests.faults import TcpProxy
@@ -273,14 +274,15 @@ async def test_sigkill_with_200_in_flight_loses_nothing_and_counts_every_billed_
     ledger = simulator.ledger.totals()
     stop = asyncio.Event()
     ready: list[RunningAggregator] = []
-    aggregator = asyncio.create_task(run_aggregator(settings, stop=stop, on_ready=ready.append))
+    agg = aggregator_settings(settings)
+    aggregator = asyncio.create_task(run_aggregator(agg, stop=stop, on_ready=ready.append))
     try:
         deadline = time.monotonic() + 30
         while not ready:
             assert not aggregator.done(), aggregator
             await asyncio.sleep(0.05)
         while True:
-            summary = await query_consumption(settings, "ws-kill", None, None, ())
+            summary = await query_consumption(agg, "ws-kill", None, None, ())
             if summary["totals"]["requests"] >= ledger["requests"] or time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.2)

@@ -20,12 +20,13 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
-from pydantic import SecretStr, ValidationError
+from pydantic import SecretStr
 
 from schemas.models import Provider
+from worker.cli.common import configured_settings, run_command
 from worker.keys.admin import KeyAdmin, KeyAdminError, KeyStatus, KeyUsageError
 from worker.keys.endpoint import Endpoint, EndpointError, check_destination
-from worker.settings import Settings
+from worker.settings import VaultSettings
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -240,12 +241,7 @@ def _say(args: argparse.Namespace, message: str) -> None:
 
 
 def _run(args: argparse.Namespace, body: Callable[[KeyAdmin], int]) -> int:
-    try:
-        settings = Settings()
-    except ValidationError as exc:
-        fields = ", ".join(".".join(str(p) for p in err["loc"]) for err in exc.errors())
-        _say(args, f"invalid BYOK_* settings: {fields}")
-        return 2
+    settings = configured_settings(VaultSettings)
     try:
         return body(KeyAdmin.from_settings(settings))
     except KeyAdminError as exc:
@@ -260,9 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m worker.cli.keys keys …``: the same commands without the rest of ``byok``."""
     parser = argparse.ArgumentParser(prog="byok")
     register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    code: int = args.func(args)
-    return code
+    return run_command(parser.parse_args(argv))
 
 
 if __name__ == "__main__":
