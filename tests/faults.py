@@ -1,9 +1,11 @@
-"""Fault injection on loopback: a TCP proxy whose connections a test can cut."""
+"""Fault injection on loopback: a TCP proxy whose connections a test can cut, and the broker closing a
+connection itself (``rabbitmqctl close_connection``, as an operator or a node shutdown would)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import subprocess
 
 
 class TcpProxy:
@@ -69,3 +71,17 @@ class TcpProxy:
             await self._server.wait_closed()
         for task in self._tasks:
             task.cancel()
+
+
+def broker_closes(vhost: str, connection_name: str) -> int:
+    """The local broker closes every connection of ``vhost`` that is named ``connection_name``; returns how many."""
+    listed = subprocess.run(
+        ["rabbitmqctl", "-q", "list_connections", "--no-table-headers", "pid", "vhost", "client_properties"],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout.splitlines()
+    named = f'{{"connection_name","{connection_name}"}}'
+    pids = [line.split("\t")[0] for line in listed if line.split("\t")[1:2] == [vhost] and named in line]
+    for pid in pids:
+        subprocess.run(["rabbitmqctl", "-q", "close_connection", pid, "closed by a test"], capture_output=True,
+                       timeout=60, check=True)
+    return len(pids)

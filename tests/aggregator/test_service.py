@@ -18,7 +18,7 @@ from aio_pika.abc import AbstractChannel, AbstractQueue
 from schemas.models import CompletionResult, UsageEvent
 from tests.aggregator.helpers import aggregator_settings, at, failed, usage
 from tests.aggregator.test_consumption import TOTALS, dataset
-from tests.faults import TcpProxy
+from tests.faults import TcpProxy, broker_closes
 from worker.aggregator.consumption import consumption
 from worker.aggregator.service import RunningAggregator, run_aggregator
 from worker.aggregator.settings import AggregatorSettings
@@ -187,12 +187,12 @@ def _settled(*running: RunningAggregator) -> int:
 
 
 @pytest.mark.timeout(60)
-async def test_the_aggregator_consumes_again_after_the_broker_drops_its_connection(settings: Settings) -> None:
+async def test_the_aggregator_consumes_again_after_the_broker_closes_its_connection(settings: Settings) -> None:
     """Explicit reconnection, as the worker's: health drops while the broker is away, then a fresh connection
     declares the topology again and the consumers come back."""
     names = Topology(settings.topology_prefix)
     parts = urlsplit(settings.amqp_url.get_secret_value())
-    proxy = TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5672)
+    proxy = TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5672)  # to keep it away while health is read
     await proxy.start()
     agg = quiet_rules(settings, amqp_url=urlunsplit(parts._replace(netloc=f"guest:guest@127.0.0.1:{proxy.port}")))
     try:
@@ -200,7 +200,8 @@ async def test_the_aggregator_consumes_again_after_the_broker_drops_its_connecti
             await publish_usage(channel, names, [usage("2025-03-01 10:00", input_tokens=7)])
             await eventually(lambda: _totals(running), lambda t: t["requests"] == 1)
             proxy.refusing = True
-            assert await proxy.cut() == 1
+            closed = await asyncio.to_thread(broker_closes, parts.path.lstrip("/"), running.broker.connection_name)
+            assert closed == 1
             await eventually(lambda: _health(http, running), lambda h: h["consuming"] is False)
             proxy.refusing = False
             health = await eventually(lambda: _health(http, running), lambda h: h["status"] == "ok")

@@ -63,9 +63,9 @@ def test_each_verb_loads_only_its_own_settings(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("BYOK_SPIKE_FACTOR", "0.5")
     for kind in (VaultSettings, ConsumptionSettings, ProcessSettings):
         load_settings(kind)
-    with pytest.raises(InvalidSettings, match="^invalid settings: BYOK_PREFETCH: "):
+    with pytest.raises(InvalidSettings, match=r"^invalid settings: BYOK_PREFETCH: "):
         load_settings(WorkerSettings)
-    with pytest.raises(InvalidSettings, match="^invalid settings: BYOK_SPIKE_FACTOR: "):
+    with pytest.raises(InvalidSettings, match=r"^invalid settings: BYOK_SPIKE_FACTOR: "):
         load_settings(AggregatorSettings)
     assert "vault_addr" not in ConsumptionSettings.model_fields
     assert "amqp_url" not in VaultSettings.model_fields

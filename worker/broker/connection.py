@@ -113,6 +113,8 @@ class BrokerSupervisor:
         self._process = process
         self._jitter = jitter
         self._link: Link | None = None
+        self.connection_name = f"byok {process}"
+        """Shown by ``rabbitmqctl list_connections`` and the management UI."""
         self.attempts = 0
         self.connections = 0
         """Successful connections so far: 2 after the first reconnect."""
@@ -159,7 +161,8 @@ class BrokerSupervisor:
 
     async def _open(self, on_connected: OnConnected) -> Link:
         self.attempts += 1
-        connection = await aio_pika.connect(self._amqp_url.get_secret_value(), timeout=CONNECT_TIMEOUT_S)
+        connection = await aio_pika.connect(self._amqp_url.get_secret_value(), timeout=CONNECT_TIMEOUT_S,
+                                            client_properties={"connection_name": self.connection_name})
         link = self._link = Link(connection)
         try:
             await on_connected(link)
