@@ -181,6 +181,8 @@ async def _consumer(
 
 async def _finish(tasks: list[asyncio.Task[None]], grace_s: float) -> None:
     """Lets the batches in hand finish within the grace period; the rest stays unacked."""
+    if not tasks:  # never connected, or stopped already
+        return
     _, pending = await asyncio.wait(tasks, timeout=max(grace_s, 0.1))
     for task in pending:
         task.cancel()
