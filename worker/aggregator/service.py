@@ -123,12 +123,14 @@ async def run_aggregator(
         stack.push_async_callback(api.stop)
 
         async def on_connected(link: Link) -> None:
+            await current.stop(settings.shutdown_grace_s)  # what an attempt that failed halfway started
             setup = await link.connection.channel()
             await declare_topology(setup, aggregator_topology(names))
             await setup.close()
             confirmed = await link.connection.channel(publisher_confirms=True)
             await link.watch(confirmed)
             alerts.publisher = Publisher(confirmed)
+            alerts.kick()  # what waited for the broker
             await current.start(link, (
                 await _consumer(link, "usage", names.usage_queue, parse_usage, handlers.usage, metrics, settings),
                 await _consumer(link, "results", names.results_aggregator_queue, parse_failed_result,
