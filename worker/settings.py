@@ -177,7 +177,8 @@ def describe_errors(exc: ValidationError) -> str:
     problems = []
     for error in exc.errors(include_input=False, include_url=False, include_context=False):
         loc = error["loc"]
-        problems.append(f"{ENV_PREFIX}{str(loc[0]).upper()}: {error['msg']}" if loc else error["msg"])
+        problem = error["msg"].removeprefix("Value error, ")  # pydantic's prefix on our own validators' messages
+        problems.append(f"{ENV_PREFIX}{str(loc[0]).upper()}: {problem}" if loc else problem)
     return "; ".join(problems)
 
 

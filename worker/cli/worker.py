@@ -11,7 +11,8 @@ from worker.settings import WorkerSettings
 
 
 def _run_worker(_args: argparse.Namespace) -> int:
-    from worker.jobs.service import BrokerUnavailable, Worker
+    from worker.broker.connection import BrokerUnavailable
+    from worker.jobs.service import Worker
     from worker.keys.auth import VaultAuthError
 
     settings = configured_settings(WorkerSettings)

@@ -18,7 +18,7 @@ import structlog
 from aio_pika.abc import AbstractQueue
 from httpx_aiohttp import AiohttpTransport
 
-from worker.broker.connection import BrokerSupervisor, BrokerUnavailable, Link
+from worker.broker.connection import BrokerSupervisor, Link
 from worker.broker.names import Topology
 from worker.broker.publisher import Publisher
 from worker.broker.topology import declare_topology, topology_spec
@@ -31,8 +31,6 @@ from worker.keys.transit import TransitDecryptor
 from worker.keys.unseal_cache import UnsealCache
 from worker.providers.http_pool import HttpClientPool, TransportFactory
 from worker.settings import Settings
-
-__all__ = ["BrokerUnavailable", "Worker", "tune_gc"]
 
 log = structlog.get_logger("byok.worker")
 
