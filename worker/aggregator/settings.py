@@ -76,7 +76,7 @@ class AggregatorSettings(ProcessSettings, ConsumptionSettings):
     def _history_fits_the_window(cls, value: int, info: ValidationInfo) -> int:
         window = info.data.get("spike_baseline_hours")
         if window is not None and value > window:
-            raise ValueError("exceeds BYOK_SPIKE_BASELINE_HOURS")
+            raise ValueError("exceeds spike_baseline_hours (BYOK_SPIKE_BASELINE_HOURS)")
         return value
 
     @field_validator("budget_alert_ratios", mode="before")
