@@ -96,3 +96,5 @@ async def test_a_channel_the_broker_closes_is_a_lost_consumer(settings: Settings
     assert tap.result_for("after-channel-loss")["error"]["code"] == "invalid_job"
     lost = [e for e in logs if e["event"] == "broker.connection_lost"]
     assert len(lost) == 1 and lost[0]["reason"].startswith("channel closed") and "NOT_FOUND" in lost[0]["reason"]
+    # The refused job's handler saw its channel gone and left the message for redelivery; it did not crash.
+    assert [e["event"] for e in logs if e["event"].startswith("job.")].count("job.settle_interrupted") == 1

@@ -21,6 +21,7 @@ import structlog
 from aio_pika.abc import AbstractIncomingMessage
 from aio_pika.message import IncomingMessage
 from aiormq.abc import DeliveredMessage
+from aiormq.exceptions import ChannelInvalidStateError
 
 from worker.broker.names import (
     DELAY_STEPS_MS,
@@ -87,7 +88,10 @@ def message_key(message: AbstractIncomingMessage) -> str:
 
 
 def _channel_closed(message: AbstractIncomingMessage) -> bool:
-    channel = message.channel
+    try:
+        channel = message.channel
+    except ChannelInvalidStateError:  # aio-pika's answer for a message whose channel is closed
+        return True
     return bool(getattr(channel, "is_closed", False))
 
 
