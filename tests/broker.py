@@ -167,14 +167,11 @@ def job_body(job_id: str, workspace_id: str, model: dict[str, Any], *, content: 
 
 
 @contextlib.asynccontextmanager
-async def running_aggregator(
-    settings: Settings, aggregator_settings: AggregatorSettings | None = None
-) -> AsyncIterator[RunningAggregator]:
+async def running_aggregator(settings: AggregatorSettings) -> AsyncIterator[RunningAggregator]:
     """``running`` for the aggregator: started, ready (its API listening), stopped cleanly when the block ends."""
     stop = asyncio.Event()
     ready: asyncio.Future[RunningAggregator] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(run_aggregator(settings, stop=stop, aggregator_settings=aggregator_settings,
-                                              on_ready=ready.set_result))
+    task = asyncio.create_task(run_aggregator(settings, stop=stop, on_ready=ready.set_result))
     done, _ = await asyncio.wait([ready, task], timeout=30, return_when=asyncio.FIRST_COMPLETED)
     assert ready in done, f"the aggregator did not start: {task.exception() if task.done() else 'timeout'}"
     try:

@@ -6,7 +6,7 @@ and in ``make test`` through tests/integration/test_fast_paths.py.
    path, every header, body, cookies sent back) and what the caller gets (status, headers, body, or the
    exception type) for plain, compressed, broken, redirecting, slow, dropped and refused answers, for an
    IP-address origin and a host-name origin.
-2. Publishing: ``worker.jobs.consumer.Publisher`` against aio-pika's ``Message`` + ``Exchange.publish`` (the old
+2. Publishing: ``worker.broker.publisher.Publisher`` against aio-pika's ``Message`` + ``Exchange.publish`` (the old
    path), on the local broker: every property of the received messages.
 
 Exits 1 and prints both sides of any difference.
@@ -28,8 +28,8 @@ from aiohttp import web
 from httpx_aiohttp import AiohttpTransport
 
 from tests.waiting import wait_until
-from worker.broker.names import CONTENT_TYPE, Topology
-from worker.jobs.consumer import Publisher
+from worker.broker.names import CONTENT_TYPE
+from worker.broker.publisher import Publisher
 from worker.providers.http_pool import HttpClientPool
 
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
@@ -150,7 +150,7 @@ async def publishing() -> list[str]:
             {"message_id": "m2", "headers": {"x-byok-error": "invalid_job", "n": 3}},
             {},
         ]
-        for publisher in (_OldPublisher(channel), Publisher(channel, Topology("equivalence"))):
+        for publisher in (_OldPublisher(channel), Publisher(channel)):
             for case in cases:
                 await publisher.publish("", queue.name, b'{"a": 1}', **case)
             await publisher.publish("amq.direct", "nowhere", b"{}", message_id="unroutable")  # mandatory: returned

@@ -1,13 +1,19 @@
-"""Fault injection on loopback: a TCP proxy whose connections a test can cut."""
+"""Fault injection on loopback: a TCP proxy whose connections a test can cut, and the broker closing a
+connection itself (``rabbitmqctl close_connection``, as an operator or a node shutdown would)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import subprocess
 
 
 class TcpProxy:
-    """Forwards 127.0.0.1:<port> to a target; ``cut()`` drops every open connection at once."""
+    """Forwards 127.0.0.1:<port> to a target; ``cut()`` drops every open connection at once.
+
+    While ``refusing`` is set, new connections are closed as soon as they are accepted (the open ones carry
+    on); ``connections`` counts every attempt, refused ones too.
+    """
 
     def __init__(self, target_host: str, target_port: int) -> None:
         self._target = (target_host, target_port)
@@ -16,6 +22,7 @@ class TcpProxy:
         self._tasks: set[asyncio.Task[None]] = set()
         self.connections = 0
         self.port = 0
+        self.refusing = False
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
@@ -23,6 +30,9 @@ class TcpProxy:
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        if self.refusing:
+            writer.close()
+            return
         try:
             up_reader, up_writer = await asyncio.open_connection(*self._target)
         except OSError:
@@ -61,3 +71,17 @@ class TcpProxy:
             await self._server.wait_closed()
         for task in self._tasks:
             task.cancel()
+
+
+def broker_closes(vhost: str, connection_name: str) -> int:
+    """The local broker closes every connection of ``vhost`` that is named ``connection_name``; returns how many."""
+    listed = subprocess.run(
+        ["rabbitmqctl", "-q", "list_connections", "--no-table-headers", "pid", "vhost", "client_properties"],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout.splitlines()
+    named = f'{{"connection_name","{connection_name}"}}'
+    pids = [line.split("\t")[0] for line in listed if line.split("\t")[1:2] == [vhost] and named in line]
+    for pid in pids:
+        subprocess.run(["rabbitmqctl", "-q", "close_connection", pid, "closed by a test"], capture_output=True,
+                       timeout=60, check=True)
+    return len(pids)

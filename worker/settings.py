@@ -1,12 +1,28 @@
-"""Every setting of both processes, read from ``BYOK_*`` environment variables (DESIGN.md)."""
+"""The ``BYOK_*`` settings (DESIGN.md): what every process shares, then each one's own, and their one loader.
+
+- ``ProcessSettings``: what every process that talks to the broker uses (its URL and names, logs,
+  reconnecting, stopping).
+- ``VaultSettings``: Vault's address and identity (the worker; ``byok keys`` loads only these).
+- ``StoreSettings`` / ``ConsumptionSettings``: where consumption is stored, and the price table to cost it.
+- ``WorkerSettings`` here, ``AggregatorSettings`` in ``worker.aggregator.settings``.
+
+Every command loads only the class it uses through ``load_settings``, which turns a refusal into one line
+naming the variables (never their values).
+"""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterable, Mapping
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import AfterValidator, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ENV_PREFIX = "BYOK_"
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 class VaultAuthMethod(StrEnum):
@@ -15,14 +31,63 @@ class VaultAuthMethod(StrEnum):
     KUBERNETES = "kubernetes"
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="BYOK_", extra="ignore")
+def split_listen(listen: str) -> tuple[str, int]:
+    """``host:port`` of a ``*_LISTEN`` setting (``[::1]:80`` too); an empty host is loopback."""
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def _listen(value: str) -> str:
+    try:
+        _, port = split_listen(value)
+    except ValueError:
+        raise ValueError("expected host:port (port 0 for any free one)") from None
+    if not 0 <= port <= 65535:
+        raise ValueError("the port must be from 0 to 65535")
+    return value
+
+
+Listen = Annotated[str, AfterValidator(_listen)]
+
+
+class _FromEnvironment(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
+
+
+class ProcessSettings(_FromEnvironment):
+    """What every process that talks to the broker uses."""
 
     amqp_url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/")
     topology_prefix: str = Field(default="byok", pattern=r"^[A-Za-z0-9_.-]{1,100}$")
-    prefetch: int = Field(default=64, ge=1, le=65535)
-    delivery_limit: int = Field(default=5, ge=1, description="quorum queue x-delivery-limit for byok.jobs")
+    reconnect_max_s: float = Field(
+        default=60.0, gt=0, description="exit with status 1 when the broker stays unreachable this long"
+    )
+    shutdown_grace_s: float = Field(default=30.0, ge=0)
+    log_level: str = "info"
+    log_format: str = Field(default="json", pattern=r"^(json|console)$")
 
+    @field_validator("amqp_url")
+    @classmethod
+    def _amqp_url(cls, value: SecretStr) -> SecretStr:
+        # The messages never quote the URL: it usually carries a password.
+        try:
+            parts = urlsplit(value.get_secret_value())
+            parts.port  # noqa: B018 - raises on a port that is not a number
+        except ValueError:
+            raise ValueError("not a URL (amqp://user:password@host:5672/vhost)") from None
+        if parts.scheme not in ("amqp", "amqps") or not parts.hostname:
+            raise ValueError("expected amqp://user:password@host:5672/vhost (or amqps://)")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        if value.lower() not in LOG_LEVELS:
+            raise ValueError(f"expected one of {', '.join(LOG_LEVELS)}")
+        return value.lower()
+
+
+class VaultSettings(_FromEnvironment):
     vault_addr: str = "http://127.0.0.1:8200"
     vault_allow_plain_http: bool = False
     vault_auth: VaultAuthMethod = VaultAuthMethod.TOKEN
@@ -37,6 +102,25 @@ class Settings(BaseSettings):
     vault_transit_mount: str = "transit"
     vault_key_prefix: str = Field(default="byok-ws-", pattern=r"^[A-Za-z0-9_-]{1,64}$")
     vault_timeout_s: float = Field(default=10.0, gt=0)
+
+
+class StoreSettings(_FromEnvironment):
+    store_url: SecretStr = SecretStr("sqlite:///./byok.db")  # a PostgreSQL URL may carry a password
+
+
+class ConsumptionSettings(StoreSettings):
+    """What reading consumption takes: the store and the price table (``byok consumption``, the aggregator)."""
+
+    prices_file: str | None = None
+
+
+class WorkerSettings(ProcessSettings, VaultSettings, StoreSettings):
+    """``byok worker``. ``BYOK_STORE_URL`` is here, from ``StoreSettings`` (one definition, shared with the
+    aggregator), though the worker does not open the store yet: budgets enforced in the worker read spend
+    from it (DESIGN.md, "Spend control that holds under concurrency")."""
+
+    prefetch: int = Field(default=64, ge=1, le=65535)
+    delivery_limit: int = Field(default=5, ge=1, description="quorum queue x-delivery-limit for byok.jobs")
 
     unseal_cache_ttl_s: float = Field(default=300.0, ge=0)
     unseal_cache_size: int = Field(default=10_000, ge=1)
@@ -55,18 +139,8 @@ class Settings(BaseSettings):
     )
     allowed_hosts: Annotated[frozenset[str] | None, NoDecode] = None
 
-    reconnect_max_s: float = Field(
-        default=60.0, gt=0, description="exit with status 1 when the broker stays unreachable this long"
-    )
-    shutdown_grace_s: float = Field(default=30.0, ge=0)
     event_loop: Literal["uvloop", "asyncio"] = "uvloop"
-    log_level: str = "info"
-    log_format: str = Field(default="json", pattern=r"^(json|console)$")
-    metrics_listen: str = "127.0.0.1:9464"
-
-    store_url: SecretStr = SecretStr("sqlite:///./byok.db")  # a PostgreSQL URL may carry a password
-    api_listen: str = "127.0.0.1:8088"
-    prices_file: str | None = None
+    metrics_listen: Listen = "127.0.0.1:9464"
 
     @field_validator("allowed_hosts", mode="before")
     @classmethod
@@ -80,11 +154,35 @@ class Settings(BaseSettings):
         return value
 
 
-def split_listen(listen: str) -> tuple[str, int]:
-    """``host:port`` of a ``*_LISTEN`` setting (``[::1]:80`` too); an empty host is loopback."""
-    host, _, port = listen.rpartition(":")
-    return host.strip("[]") or "127.0.0.1", int(port)
+Settings = WorkerSettings
+"""The name the worker's modules and the tests import."""
+
+S = TypeVar("S", bound=BaseSettings)
 
 
-def load_settings() -> Settings:
-    return Settings()
+class InvalidSettings(Exception):
+    """One line: ``invalid settings: BYOK_X: <problem>; BYOK_Y: <problem>``, no value in it."""
+
+
+def load_settings(kind: type[S]) -> S:
+    """``kind`` from the environment; a refusal is ``InvalidSettings`` naming each variable, never its value."""
+    try:
+        return kind()
+    except ValidationError as exc:
+        raise InvalidSettings(f"invalid settings: {describe_errors(exc)}") from None
+
+
+def describe_errors(exc: ValidationError) -> str:
+    # Field names and messages only: pydantic's input echo could be a secret setting's value.
+    problems = []
+    for error in exc.errors(include_input=False, include_url=False, include_context=False):
+        loc = error["loc"]
+        problem = error["msg"].removeprefix("Value error, ")  # pydantic's prefix on our own validators' messages
+        problems.append(f"{ENV_PREFIX}{str(loc[0]).upper()}: {problem}" if loc else problem)
+    return "; ".join(problems)
+
+
+def unknown_settings(kinds: Iterable[type[BaseSettings]], environ: Mapping[str, str] = os.environ) -> list[str]:
+    """``BYOK_*`` variables that no setting of ``kinds`` reads: a typo silently ignored otherwise."""
+    known = {f"{ENV_PREFIX}{name.upper()}" for kind in kinds for name in kind.model_fields}
+    return sorted(name for name in environ if name.upper().startswith(ENV_PREFIX) and name.upper() not in known)

@@ -15,11 +15,22 @@ from worker.aggregator.alerts import Alert
 from worker.aggregator.detector import AnomalyDetector
 from worker.aggregator.handlers import BatchHandlers
 from worker.aggregator.metrics import AggregatorMetrics
+from worker.aggregator.settings import AggregatorSettings
 from worker.aggregator.store import Store
+from worker.settings import Settings
 
 _ids = itertools.count(1)
 
 PG_BASE_URL = "postgresql://127.0.0.1:5432/test"
+
+
+def aggregator_settings(settings: Settings, **overrides: Any) -> AggregatorSettings:
+    """The aggregator's settings on a test's broker, topology names and store (``settings`` is the worker's)."""
+    values: dict[str, Any] = {
+        "amqp_url": settings.amqp_url, "topology_prefix": settings.topology_prefix, "store_url": settings.store_url,
+        "api_listen": "127.0.0.1:0", "shutdown_grace_s": settings.shutdown_grace_s, **overrides,
+    }
+    return AggregatorSettings(**values)
 
 
 def at(text: str) -> datetime:

@@ -134,3 +134,14 @@ async def test_the_aggregator_command_serves_and_stops_on_sigterm(
             process.wait()
         if process.stdout:
             process.stdout.close()
+
+
+async def test_the_aggregator_exits_1_when_the_broker_stays_unreachable(tmp_path: Path) -> None:
+    env = {**os.environ, "BYOK_AMQP_URL": f"amqp://guest:guest@127.0.0.1:{free_port()}/",
+           "BYOK_RECONNECT_MAX_S": "1", "BYOK_STORE_URL": f"sqlite:///{tmp_path / 'agg.db'}",
+           "BYOK_API_LISTEN": "127.0.0.1:0", "BYOK_LOG_FORMAT": "console"}
+    ran = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "worker.cli", "aggregator"], env=env,
+                                  cwd=Path(__file__).parents[2], capture_output=True, text=True, timeout=60)
+    assert ran.returncode == 1, ran.stderr[-2000:]
+    assert "byok aggregator: the broker has been unreachable for" in ran.stderr
+    assert "broker.unreachable" in ran.stderr

@@ -16,6 +16,7 @@ from worker.aggregator.metrics import AggregatorMetrics
 from worker.aggregator.publisher import AlertPublisher
 from worker.aggregator.store import Store
 from worker.broker.names import Topology
+from worker.broker.publisher import Publisher
 from worker.broker.topology import aggregator_topology, declare_topology
 
 WINDOW = (at("2025-03-01 10:00"), at("2025-03-01 11:00"))
@@ -62,7 +63,8 @@ async def test_alerts_are_published_once_with_their_routing_key(
     spike = make_alert(AlertKind.SPIKE, "acme", "*:tokens", WINDOW, "a spike", {"value": 156000})
     budget = make_alert(AlertKind.BUDGET, "beta", "80pct", WINDOW, "80 %", {"spent_usd": 8.5})
     await store.add_alerts([spike, budget])
-    publisher = AlertPublisher(store, channel, Topology(topology_prefix).alerts_exchange, AggregatorMetrics())
+    publisher = AlertPublisher(store, Topology(topology_prefix).alerts_exchange, AggregatorMetrics(),
+                               publisher=Publisher(channel))
     assert await publisher.flush() == 2
     assert await publisher.flush() == 0
     messages = await drain(queue, 2)
@@ -84,7 +86,7 @@ async def test_a_claimed_alert_is_published_by_another_after_the_lease(
     await store.add_alerts([make_alert(AlertKind.ERROR_BURST, "acme", "auth_failed", WINDOW, "401s", {})])
     assert len(await store.claim_unpublished(10, lease_s=0.3)) == 1  # and then nothing: it crashed
     exchange = Topology(topology_prefix).alerts_exchange
-    other = AlertPublisher(store, channel, exchange, AggregatorMetrics(), lease_s=0.3)
+    other = AlertPublisher(store, exchange, AggregatorMetrics(), publisher=Publisher(channel), lease_s=0.3)
     assert await other.flush() == 0  # still leased
     assert await wait_until(other.flush, what="the alert published once its lease ran out") == 1
     assert [m.routing_key for m in await drain(queue, 1)] == ["acme.error_burst"]

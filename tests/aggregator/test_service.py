@@ -3,19 +3,22 @@ over HTTP and with the consumption function; alerts out on the alerts exchange."
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 import aio_pika
 import aiohttp
+import pytest
 from aio_pika.abc import AbstractChannel
-from pydantic import SecretStr
 
 from schemas.models import CompletionResult, UsageEvent
-from tests.aggregator.helpers import at, failed, usage
+from tests.aggregator.helpers import aggregator_settings, at, failed, usage
 from tests.aggregator.test_consumption import TOTALS, dataset
 from tests.broker import broker_tap, running_aggregator
+from tests.faults import TcpProxy, broker_closes
 from tests.waiting import wait_until
 from worker.aggregator.consumption import consumption
 from worker.aggregator.service import RunningAggregator
@@ -26,10 +29,10 @@ from worker.settings import Settings
 T = TypeVar("T")
 
 
-def quiet_rules(**overrides: Any) -> AggregatorSettings:
-    values: dict[str, Any] = {"aggregator_batch_wait_ms": 20, "spike_floor_tokens": 10**12,
-                              "spike_floor_cost_usd": 10**6, "error_burst_threshold": 3, **overrides}
-    return AggregatorSettings(**values)
+def quiet_rules(settings: Settings, **overrides: Any) -> AggregatorSettings:
+    """The aggregator on the test's broker and store, with thresholds no test data reaches unless asked."""
+    return aggregator_settings(settings, **{"aggregator_batch_wait_ms": 20, "spike_floor_tokens": 10**12,
+                                            "spike_floor_cost_usd": 10**6, "error_burst_threshold": 3, **overrides})
 
 
 @asynccontextmanager
@@ -81,10 +84,10 @@ async def get_json(url: str, params: dict[str, str] | None = None) -> Any:
 async def test_usage_and_failures_flow_to_the_api_and_the_alerts_exchange(
     settings: Settings, store_url: str, prices_file: str
 ) -> None:
-    settings = settings.model_copy(update={"prices_file": prices_file, "store_url": SecretStr(store_url)})
     names = Topology(settings.topology_prefix)
     events = dataset()
-    async with (running_aggregator(settings, quiet_rules()) as running, broker(settings) as channel,
+    agg = quiet_rules(settings, prices_file=prices_file, store_url=store_url)
+    async with (running_aggregator(agg) as running, broker(settings) as channel,
                 broker_tap(settings, usage=False) as tap):
         await publish(channel, names.usage_exchange, "acme.openai", b"this is not JSON")
         await publish(channel, names.usage_exchange, "acme.openai", b'{"schema": "byok.usage_event.v1"}')
@@ -133,12 +136,11 @@ async def test_usage_and_failures_flow_to_the_api_and_the_alerts_exchange(
 
 
 async def test_two_aggregators_share_one_queue_and_one_postgresql(settings: Settings, pg_url: str) -> None:
-    settings = settings.model_copy(update={"store_url": SecretStr(pg_url)})
     names = Topology(settings.topology_prefix)
     events = [usage(f"2025-03-01 10:{i % 60:02d}", automation=f"a{i % 3}", input_tokens=10, output_tokens=1)
               for i in range(300)]
-    agg = quiet_rules(aggregator_batch_size=10)  # small prefetch so that both get messages
-    async with (running_aggregator(settings, agg) as first, running_aggregator(settings, agg) as second,
+    agg = quiet_rules(settings, store_url=pg_url, aggregator_batch_size=10)  # small prefetch: both get messages
+    async with (running_aggregator(agg) as first, running_aggregator(agg) as second,
                 broker(settings) as channel):
         await publish_usage(channel, names, events + events[:100])  # 100 republished
         totals = await wait_until(
@@ -165,3 +167,36 @@ def _counter(running: RunningAggregator, result: str) -> int:
 
 def _settled(*running: RunningAggregator) -> int:
     return sum(_counter(a, r) for a in running for r in ("new", "duplicate"))
+
+
+@pytest.mark.timeout(60)
+async def test_the_aggregator_consumes_again_after_the_broker_closes_its_connection(settings: Settings) -> None:
+    """Explicit reconnection, as the worker's: health drops while the broker is away, then a fresh connection
+    declares the topology again and the consumers come back."""
+    names = Topology(settings.topology_prefix)
+    parts = urlsplit(settings.amqp_url.get_secret_value())
+    proxy = TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5672)  # to keep it away while health is read
+    await proxy.start()
+    agg = quiet_rules(settings, amqp_url=urlunsplit(parts._replace(netloc=f"guest:guest@127.0.0.1:{proxy.port}")))
+    try:
+        async with running_aggregator(agg) as running, broker(settings) as channel, aiohttp.ClientSession() as http:
+            await publish_usage(channel, names, [usage("2025-03-01 10:00", input_tokens=7)])
+            await wait_until(accepted(lambda: _totals(running), lambda t: t["requests"] == 1))
+            proxy.refusing = True
+            closed = await asyncio.to_thread(broker_closes, parts.path.lstrip("/"), running.broker.connection_name)
+            assert closed == 1
+            await wait_until(accepted(lambda: _health(http, running), lambda h: h["consuming"] is False))
+            proxy.refusing = False
+            health = await wait_until(accepted(lambda: _health(http, running), lambda h: h["status"] == "ok"))
+            assert health == {"status": "ok", "broker_connected": True, "consuming": True, "store": "ok"}
+            assert running.broker.connections == 2
+            await publish_usage(channel, names, [usage("2025-03-01 10:05", input_tokens=5)])
+            totals = await wait_until(accepted(lambda: _totals(running), lambda t: t["requests"] == 2))
+            assert totals["input_tokens"] == 12
+    finally:
+        await proxy.stop()
+
+
+async def _health(http: aiohttp.ClientSession, running: RunningAggregator) -> Any:
+    async with http.get(f"{running.api_url}/healthz") as response:
+        return await response.json()

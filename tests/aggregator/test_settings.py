@@ -5,10 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
 
 from schemas.models import ErrorCode
-from worker.aggregator.settings import load_aggregator_settings
+from worker.aggregator.settings import AggregatorSettings
+from worker.settings import InvalidSettings, load_settings
+
+
+def load_aggregator_settings() -> AggregatorSettings:
+    return load_settings(AggregatorSettings)
 
 
 def test_settings_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -51,5 +55,5 @@ def test_defaults_have_no_budget_and_burst_on_auth_and_quota(monkeypatch: pytest
 )
 def test_bad_values_are_refused(name: str, value: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(name, value)
-    with pytest.raises(ValidationError):
+    with pytest.raises(InvalidSettings, match=name):
         load_aggregator_settings()

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from pydantic import SecretStr
 
 from schemas.models import Provider
+from tests.aggregator.helpers import aggregator_settings
 from tests.broker import BrokerTap, broker_tap, byok, job_body, publish_jobs, running, running_aggregator
 from tests.conftest import Sealer
 from tests.faults import TcpProxy
@@ -269,10 +270,11 @@ async def test_sigkill_with_200_in_flight_loses_nothing_and_counts_every_billed_
     ledger = simulator.ledger.totals()
 
     async def counted() -> dict[str, Any] | None:
-        summary = await query_consumption(settings, "ws-kill", None, None, ())
+        summary = await query_consumption(agg, "ws-kill", None, None, ())
         return summary if summary["totals"]["requests"] >= ledger["requests"] else None
 
-    async with running_aggregator(settings):
+    agg = aggregator_settings(settings)
+    async with running_aggregator(agg):
         summary = await wait_until(counted, timeout=30, what="every billed call in the consumption")
     totals = {k: summary["totals"][k] for k in ledger}
     print(f"\n[sigkill] sent={total} in_flight_at_kill={total} results_before_kill={killed_with} "

@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from datetime import UTC, datetime
 
-import aio_pika
+import aiormq
 import structlog
-from aio_pika.abc import AbstractChannel, AbstractExchange, DeliveryMode
 
 from worker.aggregator.metrics import AggregatorMetrics
 from worker.aggregator.store import Store
-from worker.broker.names import CONTENT_TYPE
+from worker.broker.publisher import Publisher
 
 log = structlog.get_logger("byok.aggregator")
 
@@ -25,16 +23,16 @@ CLAIM_LIMIT = 100
 
 class AlertPublisher:
     def __init__(
-        self, store: Store, channel: AbstractChannel, exchange_name: str, metrics: AggregatorMetrics,
-        *, lease_s: float = 30.0, interval_s: float = 5.0,
+        self, store: Store, exchange_name: str, metrics: AggregatorMetrics, *, publisher: Publisher | None = None,
+        lease_s: float = 30.0, interval_s: float = 5.0,
     ) -> None:
         self._store = store
-        self._channel = channel
+        self.publisher = publisher
+        """The current connection's; replaced on every reconnect, None while there is none."""
         self._exchange_name = exchange_name
         self._metrics = metrics
         self._lease_s = lease_s
         self._interval_s = interval_s
-        self._exchange: AbstractExchange | None = None
         self._wake = asyncio.Event()
 
     def kick(self) -> None:
@@ -80,11 +78,7 @@ class AlertPublisher:
         return published
 
     async def _publish(self, routing_key: str, body: bytes, message_id: str) -> None:
-        if self._exchange is None:
-            self._exchange = await self._channel.get_exchange(self._exchange_name, ensure=False)
-        message = aio_pika.Message(
-            body, content_type=CONTENT_TYPE, content_encoding="utf-8", delivery_mode=DeliveryMode.PERSISTENT,
-            message_id=message_id, timestamp=datetime.now(UTC),
-        )
+        if self.publisher is None:
+            raise aiormq.exceptions.ChannelInvalidStateError("not connected to the broker")
         # Not mandatory: an alert nobody subscribed to yet is not an error (it stays listed by the API).
-        await self._exchange.publish(message, routing_key=routing_key, mandatory=False)
+        await self.publisher.publish(self._exchange_name, routing_key, body, message_id=message_id, mandatory=False)

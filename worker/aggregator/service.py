@@ -7,12 +7,10 @@ import contextlib
 import signal
 from collections.abc import Callable, Iterator
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
-from typing import TypeVar
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
-import aio_pika
 import structlog
-from aio_pika.abc import AbstractRobustConnection
 
 from worker.aggregator.anomalies import AnomalyRules
 from worker.aggregator.api import AggregatorApi, ApiServer, ApiState
@@ -23,11 +21,12 @@ from worker.aggregator.messages import parse_failed_result, parse_usage
 from worker.aggregator.metrics import AggregatorMetrics
 from worker.aggregator.pricing import PriceTable, load_prices
 from worker.aggregator.publisher import AlertPublisher
-from worker.aggregator.settings import AggregatorSettings, load_aggregator_settings
+from worker.aggregator.settings import AggregatorSettings
 from worker.aggregator.store import Store
+from worker.broker.connection import BrokerSupervisor, Link
 from worker.broker.names import Topology
+from worker.broker.publisher import Publisher
 from worker.broker.topology import aggregator_topology, declare_topology
-from worker.settings import Settings
 
 log = structlog.get_logger("byok.aggregator")
 
@@ -43,11 +42,7 @@ class RunningAggregator:
     store: Store
     prices: PriceTable
     metrics: AggregatorMetrics
-
-
-def _connected(connection: AbstractRobustConnection) -> bool:
-    reconnecting = bool(getattr(connection, "reconnecting", False))
-    return not connection.is_closed and not reconnecting
+    broker: BrokerSupervisor
 
 
 @contextlib.contextmanager
@@ -67,99 +62,129 @@ def _signals_set(stop: asyncio.Event) -> Iterator[None]:
             loop.remove_signal_handler(sig)
 
 
+@dataclass
+class _Consumers:
+    """The batch consumers of the current connection and the tasks that run them."""
+
+    consumers: tuple[BatchConsumer[Any], ...] = ()
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def consuming(self) -> bool:
+        return bool(self.consumers) and all(c.consuming for c in self.consumers)
+
+    async def start(self, link: Link, consumers: tuple[BatchConsumer[Any], ...]) -> None:
+        self.consumers = consumers
+        self.tasks = [asyncio.create_task(c.run(), name=f"aggregator-{c.name}") for c in consumers]
+        for task in self.tasks:
+            # A consumer that ends on its own is a failure: start over, and ``stop`` raises what crashed it.
+            task.add_done_callback(lambda done: link.lose(f"{done.get_name()} ended"))
+        for consumer in consumers:
+            await consumer.start()
+
+    async def stop(self, grace_s: float) -> None:
+        """The batches in hand finish within the grace period (their acks may find the channel gone:
+        redelivered, deduplicated); what crashed a consumer is raised here."""
+        consumers, tasks, self.consumers, self.tasks = self.consumers, self.tasks, (), []
+        for consumer in consumers:
+            await consumer.stop()
+        await _finish(tasks, grace_s)
+        for task in tasks:
+            crash = None if task.cancelled() else task.exception()
+            if crash is not None:
+                raise crash
+
+
 async def run_aggregator(
-    settings: Settings,
+    settings: AggregatorSettings,
     *,
     stop: asyncio.Event | None = None,
-    aggregator_settings: AggregatorSettings | None = None,
     on_ready: Callable[[RunningAggregator], None] | None = None,
 ) -> None:
-    """Runs until ``stop`` is set or SIGTERM/SIGINT; the batch in hand is stored and acked first."""
-    agg = aggregator_settings or load_aggregator_settings()
+    """Runs until ``stop`` is set or SIGTERM/SIGINT; the batch in hand is stored and acked first.
+
+    Raises ``BrokerUnavailable`` when the broker refuses it or stays unreachable for ``BYOK_RECONNECT_MAX_S``.
+    """
     stop = stop or asyncio.Event()
     prices = load_prices(settings.prices_file)
     names = Topology(settings.topology_prefix)
     metrics = AggregatorMetrics()
+    broker = BrokerSupervisor(settings.amqp_url, reconnect_max_s=settings.reconnect_max_s, process="aggregator")
+    current = _Consumers()
     async with AsyncExitStack() as stack:
         store = await Store.open(settings.store_url.get_secret_value())
         stack.push_async_callback(store.close)
-        connection = await aio_pika.connect_robust(settings.amqp_url.get_secret_value())
-        stack.push_async_callback(connection.close)
-        setup = await connection.channel()
-        await declare_topology(setup, aggregator_topology(names))
-        await setup.close()
-
-        publisher = AlertPublisher(
-            store, await connection.channel(publisher_confirms=True), names.alerts_exchange, metrics,
-            lease_s=agg.alert_claim_s,
-        )
-        detector = AnomalyDetector(store, AnomalyRules(agg, prices), agg)
-        handlers = BatchHandlers(store, detector, metrics, publisher.kick)
-        consumers = (
-            await _consumer(connection, "usage", names.usage_queue, parse_usage, handlers.usage, metrics, agg),
-            await _consumer(connection, "results", names.results_aggregator_queue, parse_failed_result,
-                            handlers.failures, metrics, agg),
-        )
+        alerts = AlertPublisher(store, names.alerts_exchange, metrics, lease_s=settings.alert_claim_s)
+        detector = AnomalyDetector(store, AnomalyRules(settings, prices), settings)
+        handlers = BatchHandlers(store, detector, metrics, alerts.kick)
         api = ApiServer(settings.api_listen, AggregatorApi(
-            store, prices, metrics,
-            ApiState(lambda: _connected(connection), lambda: all(c.consuming for c in consumers)),
+            store, prices, metrics, ApiState(lambda: broker.connected, lambda: broker.alive and current.consuming()),
         ))
         await api.start()
         stack.push_async_callback(api.stop)
 
-        tasks = [asyncio.create_task(c.run(), name=f"aggregator-{c.name}") for c in consumers]
-        publishing = asyncio.create_task(publisher.run(), name="aggregator-alerts")
-        for consumer in consumers:
-            await consumer.start()
-        log.info("aggregator started", api=api.url, store=store.backend.value, prefix=names.prefix,
-                 price_table=prices.version, batch_size=agg.aggregator_batch_size)
-        if on_ready is not None:
-            on_ready(RunningAggregator(api.url, api.port, store, prices, metrics))
+        async def on_connected(link: Link) -> None:
+            await current.stop(settings.shutdown_grace_s)  # what an attempt that failed halfway started
+            setup = await link.connection.channel()
+            await declare_topology(setup, aggregator_topology(names))
+            await setup.close()
+            confirmed = await link.connection.channel(publisher_confirms=True)
+            await link.watch(confirmed)
+            alerts.publisher = Publisher(confirmed)
+            alerts.kick()  # what waited for the broker
+            await current.start(link, (
+                await _consumer(link, "usage", names.usage_queue, parse_usage, handlers.usage, metrics, settings),
+                await _consumer(link, "results", names.results_aggregator_queue, parse_failed_result,
+                                handlers.failures, metrics, settings),
+            ))
+            if broker.connections == 0:
+                log.info("aggregator started", api=api.url, store=store.backend.value, prefix=names.prefix,
+                         price_table=prices.version, batch_size=settings.aggregator_batch_size)
+                if on_ready is not None:
+                    on_ready(RunningAggregator(api.url, api.port, store, prices, metrics, broker))
+            else:
+                log.info("aggregator reconnected", connections=broker.connections + 1)
+
+        async def on_lost() -> None:
+            alerts.publisher = None
+            await current.stop(settings.shutdown_grace_s)
+
+        publishing = asyncio.create_task(alerts.run(), name="aggregator-alerts")
         try:
             with _signals_set(stop):
-                await _until_stopped(stop, tasks)
+                await broker.run(stop, on_connected, on_lost)
         finally:
             log.info("aggregator stopping")
-            for consumer in consumers:
-                await consumer.stop()
-            await _finish(tasks, settings.shutdown_grace_s)
-            publishing.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await publishing
-            with contextlib.suppress(Exception):
-                await publisher.flush()
+            try:
+                await current.stop(settings.shutdown_grace_s)
+            finally:
+                publishing.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await publishing
+                with contextlib.suppress(Exception):
+                    await alerts.flush()
+                await broker.close()
     log.info("aggregator stopped")
 
 
 async def _consumer(
-    connection: AbstractRobustConnection, name: str, queue_name: str, parse: Parser[T], handle: Handler[T],
-    metrics: AggregatorMetrics, agg: AggregatorSettings,
+    link: Link, name: str, queue_name: str, parse: Parser[T], handle: Handler[T],
+    metrics: AggregatorMetrics, settings: AggregatorSettings,
 ) -> BatchConsumer[T]:
-    channel = await connection.channel()
+    channel = await link.connection.channel()
+    await link.watch(channel)
     # Room for the next batch to arrive while one is being stored.
-    await channel.set_qos(prefetch_count=min(2 * agg.aggregator_batch_size, 65535))
+    await channel.set_qos(prefetch_count=min(2 * settings.aggregator_batch_size, 65535))
     queue = await channel.get_queue(queue_name, ensure=False)
     return BatchConsumer(
         name, queue, parse, handle, metrics,
-        batch_size=agg.aggregator_batch_size, wait_s=agg.aggregator_batch_wait_ms / 1000,
+        batch_size=settings.aggregator_batch_size, wait_s=settings.aggregator_batch_wait_ms / 1000,
     )
-
-
-async def _until_stopped(stop: asyncio.Event, tasks: list[asyncio.Task[None]]) -> None:
-    """Returns when ``stop`` is set; a consumer task ending on its own is a failure, raised here."""
-    stopping = asyncio.create_task(stop.wait())
-    try:
-        done, _ = await asyncio.wait([stopping, *tasks], return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stopping.cancel()
-    for task in done:
-        if task is not stopping:
-            task.result()  # re-raises what crashed it
-            raise RuntimeError(f"{task.get_name()} ended unexpectedly")
 
 
 async def _finish(tasks: list[asyncio.Task[None]], grace_s: float) -> None:
     """Lets the batches in hand finish within the grace period; the rest stays unacked."""
+    if not tasks:  # never connected, or stopped already
+        return
     _, pending = await asyncio.wait(tasks, timeout=max(grace_s, 0.1))
     for task in pending:
         task.cancel()

@@ -1,4 +1,5 @@
-"""The aggregator's own settings (``BYOK_*``), next to the shared ``worker.settings.Settings``."""
+"""``byok aggregator``'s settings (``BYOK_*``): the shared process settings, the store and price table, the API
+address, and its batching, anomaly thresholds and budgets."""
 
 from __future__ import annotations
 
@@ -6,16 +7,17 @@ from pathlib import Path
 from typing import Annotated
 
 import orjson
-from pydantic import Field, PrivateAttr, ValidationInfo, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_validator
+from pydantic_settings import NoDecode
 
 from schemas.models import ErrorCode
+from worker.settings import ConsumptionSettings, Listen, ProcessSettings
 
 
-class AggregatorSettings(BaseSettings):
-    """Batching, anomaly thresholds and budgets. Every field is read from ``BYOK_<FIELD NAME>``."""
+class AggregatorSettings(ProcessSettings, ConsumptionSettings):
+    """Every field is read from ``BYOK_<FIELD NAME>``."""
 
-    model_config = SettingsConfigDict(env_prefix="BYOK_", extra="ignore")
+    api_listen: Listen = "127.0.0.1:8088"
 
     aggregator_batch_size: int = Field(default=500, ge=1, le=5000)
     aggregator_batch_wait_ms: float = Field(default=50.0, ge=0)
@@ -53,15 +55,14 @@ class AggregatorSettings(BaseSettings):
 
     _resolved_budgets: dict[str, float] = PrivateAttr(default_factory=dict)
 
-    def model_post_init(self, _context: object) -> None:
+    @model_validator(mode="after")
+    def _resolve_budgets(self) -> AggregatorSettings:
         budgets: dict[str, float] = {}
         if self.budgets_file:
-            loaded = orjson.loads(Path(self.budgets_file).read_bytes())
-            if not isinstance(loaded, dict):
-                raise ValueError(f"{self.budgets_file}: expected a JSON object of workspace -> USD")
-            budgets.update({str(k): float(v) for k, v in loaded.items()})
+            budgets.update(_read_budgets(self.budgets_file))
         budgets.update(self.budgets)
         self._resolved_budgets = budgets
+        return self
 
     @field_validator("error_burst_codes", mode="before")
     @classmethod
@@ -75,7 +76,7 @@ class AggregatorSettings(BaseSettings):
     def _history_fits_the_window(cls, value: int, info: ValidationInfo) -> int:
         window = info.data.get("spike_baseline_hours")
         if window is not None and value > window:
-            raise ValueError(f"spike_min_active_hours ({value}) exceeds spike_baseline_hours ({window})")
+            raise ValueError("exceeds spike_baseline_hours (BYOK_SPIKE_BASELINE_HOURS)")
         return value
 
     @field_validator("budget_alert_ratios", mode="before")
@@ -98,5 +99,14 @@ class AggregatorSettings(BaseSettings):
         return self._resolved_budgets.get(workspace_id, self.monthly_budget_usd)
 
 
-def load_aggregator_settings() -> AggregatorSettings:
-    return AggregatorSettings()
+def _read_budgets(path: str) -> dict[str, float]:
+    # Raised as ValueError so that the loader reports it like any other setting (without the file's contents).
+    try:
+        loaded = orjson.loads(Path(path).read_bytes())
+        if not isinstance(loaded, dict):
+            raise ValueError
+        return {str(k): float(v) for k, v in loaded.items()}
+    except OSError as exc:
+        raise ValueError(f"BYOK_BUDGETS_FILE cannot be read ({type(exc).__name__})") from None
+    except (ValueError, TypeError):
+        raise ValueError("BYOK_BUDGETS_FILE: expected a JSON object of workspace -> USD a month") from None

@@ -8,18 +8,19 @@ import contextlib
 import sys
 
 from worker.aggregator.db import StoreError
+from worker.aggregator.settings import AggregatorSettings
+from worker.broker.connection import BrokerUnavailable
 from worker.cli.common import configured_settings
 
 
 def run_aggregator_command(_args: argparse.Namespace) -> int:
-    from pydantic import ValidationError
-
     from worker.aggregator.service import run_aggregator
 
+    settings = configured_settings(AggregatorSettings)
     try:
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(run_aggregator(configured_settings()))
-    except (StoreError, ValidationError, ValueError, OSError) as exc:  # configuration, price table, store
+            asyncio.run(run_aggregator(settings))
+    except (BrokerUnavailable, StoreError, ValueError, OSError) as exc:  # broker, price table, store
         print(f"byok aggregator: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 from aiormq.exceptions import AMQPChannelError, AMQPConnectionError, AMQPError, ProbableAuthenticationError
 
-from worker.settings import Settings
+from worker.settings import ProcessSettings
 
 _MISSING = re.compile(r"no (exchange|queue) '([^']*)' in vhost '([^']*)'")
 
@@ -31,7 +31,7 @@ def _where(amqp_url: str) -> str:
         return "the broker in BYOK_AMQP_URL"
 
 
-def explain(exc: AMQPError | ConnectionError, settings: Settings) -> str:
+def explain(exc: AMQPError | ConnectionError, settings: ProcessSettings) -> str:
     """One line for a broker failure."""
     where = _where(settings.amqp_url.get_secret_value())
     if isinstance(exc, ProbableAuthenticationError):
@@ -53,7 +53,7 @@ def explain(exc: AMQPError | ConnectionError, settings: Settings) -> str:
 
 
 @contextmanager
-def broker_problems(settings: Settings) -> Iterator[None]:
+def broker_problems(settings: ProcessSettings) -> Iterator[None]:
     """Turns broker failures inside the block into ``BrokerProblem``; aiormq's own error log stays quiet."""
     aiormq_log = logging.getLogger("aiormq")
     level = aiormq_log.level

@@ -17,7 +17,8 @@ from worker.aggregator.consumption import QueryError, consumption, parse_group_b
 from worker.aggregator.db import StoreError
 from worker.aggregator.pricing import load_prices
 from worker.aggregator.store import Store
-from worker.settings import Settings, load_settings
+from worker.cli.common import configured_settings
+from worker.settings import ConsumptionSettings
 
 # Each counter and its column title: "cache_read_tokens" is "cache read".
 _COLUMNS = (
@@ -47,7 +48,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 async def query_consumption(
-    settings: Settings, workspace: str, since: datetime | None, until: datetime | None, group_by: Sequence[str]
+    settings: ConsumptionSettings, workspace: str, since: datetime | None, until: datetime | None,
+    group_by: Sequence[str],
 ) -> dict[str, Any]:
     """The consumption dict, read from ``BYOK_STORE_URL`` without migrating or creating anything."""
     prices = load_prices(settings.prices_file)
@@ -64,7 +66,8 @@ def consumption_command(args: argparse.Namespace) -> int:
             raise QueryError(f"workspace must match {IDENTIFIER_PATTERN}")
         since, until = parse_instant(args.since, "--since"), parse_instant(args.until, "--until")
         group_by = parse_group_by(args.group_by)
-        result = asyncio.run(query_consumption(load_settings(), args.workspace, since, until, group_by))
+        settings = configured_settings(ConsumptionSettings)
+        result = asyncio.run(query_consumption(settings, args.workspace, since, until, group_by))
     except QueryError as exc:
         print(f"byok consumption: {exc}", file=sys.stderr)
         return 2

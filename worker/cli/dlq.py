@@ -28,7 +28,8 @@ from worker.broker.names import (
     Topology,
 )
 from worker.cli.broker_errors import BrokerProblem, broker_problems
-from worker.settings import Settings, load_settings
+from worker.cli.common import configured_settings
+from worker.settings import ProcessSettings
 
 REPLAY_HEADER = "x-byok-replayed"
 DROPPED_ON_REPLAY = (HEADER_ERROR, HEADER_REASON, HEADER_ATTEMPTS, HEADER_FIRST_SEEN, HEADER_NOT_BEFORE,
@@ -89,7 +90,7 @@ def selector(workspace: str | None, reason: str | None, message_id: str | None =
 
 
 async def scan(
-    settings: Settings, chosen: Selector, limit: int, *, replay: bool = False, scan_max: int = 100_000
+    settings: ProcessSettings, chosen: Selector, limit: int, *, replay: bool = False, scan_max: int = 100_000
 ) -> list[tuple[DeadLetterView, AbstractIncomingMessage]]:
     """Dead letters that ``chosen`` selects (at most ``limit``); with ``replay``, republished and removed."""
     names = Topology(settings.topology_prefix)
@@ -142,7 +143,7 @@ def _print_table(views: list[DeadLetterView]) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    settings = load_settings()
+    settings = configured_settings(ProcessSettings)
     try:
         with broker_problems(settings):
             return _run_verb(args, settings)
@@ -151,7 +152,7 @@ def _run(args: argparse.Namespace) -> int:
         return 1
 
 
-def _run_verb(args: argparse.Namespace, settings: Settings) -> int:
+def _run_verb(args: argparse.Namespace, settings: ProcessSettings) -> int:
     if args.dlq_command == "show":
         found = asyncio.run(scan(settings, selector(None, None, args.message_id), 1))
         if not found:

@@ -20,12 +20,13 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
-from pydantic import SecretStr, ValidationError
+from pydantic import SecretStr
 
 from schemas.models import Provider
+from worker.cli.common import configured_settings
 from worker.keys.admin import KeyAdmin, KeyAdminError, KeyStatus, KeyUsageError
 from worker.keys.endpoint import Endpoint, EndpointError, check_destination
-from worker.settings import Settings
+from worker.settings import VaultSettings
 
 Command = Callable[[argparse.Namespace], int]
 KEYS_EPILOG = ("settings: BYOK_VAULT_ADDR, BYOK_VAULT_TOKEN (the admin identity: may seal, never decrypt), "
@@ -274,12 +275,7 @@ def _say(args: argparse.Namespace, message: str) -> None:
 
 
 def _run(args: argparse.Namespace, body: Callable[[KeyAdmin], int]) -> int:
-    try:
-        settings = Settings()
-    except ValidationError as exc:
-        fields = ", ".join(".".join(str(p) for p in err["loc"]) for err in exc.errors())
-        _say(args, f"invalid BYOK_* settings: {fields}")
-        return 2
+    settings = configured_settings(VaultSettings)
     try:
         return body(KeyAdmin.from_settings(settings))
     except KeyAdminError as exc:

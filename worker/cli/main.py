@@ -6,10 +6,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from pydantic import ValidationError
-
 from worker import __version__
 from worker.cli import aggregator, consumption, dlq, keys, simulate, submit, worker
+from worker.cli.common import run_command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,15 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        code: int = args.func(args)
-    except ValidationError as exc:
-        # Field names and messages only: pydantic's input echo could be a secret setting's value.
-        problems = "; ".join(f"BYOK_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in exc.errors())
-        print(f"byok {args.command}: invalid settings: {problems}", file=sys.stderr)
-        return 2
-    return code
+    return run_command(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -10,14 +10,15 @@ from pathlib import Path
 
 import aio_pika
 import orjson
-from aio_pika.abc import AbstractIncomingMessage, DeliveryMode
+from aio_pika.abc import AbstractIncomingMessage
 from pydantic import ValidationError
 
 from schemas.models import MAX_JOB_BYTES, CompletionJob
-from worker.broker.names import CONTENT_TYPE, JOB_ROUTING_KEY, Topology
+from worker.broker.names import JOB_ROUTING_KEY, Topology
+from worker.broker.publisher import Publisher
 from worker.cli.broker_errors import BrokerProblem, broker_problems
 from worker.cli.common import configured_settings
-from worker.settings import Settings
+from worker.settings import ProcessSettings
 
 
 class SubmitError(RuntimeError):
@@ -37,7 +38,7 @@ def load_job(path: str) -> tuple[CompletionJob, bytes]:
     return job, raw
 
 
-async def submit(settings: Settings, job: CompletionJob, body: bytes, *, wait_s: float | None) -> bytes | None:
+async def submit(settings: ProcessSettings, job: CompletionJob, body: bytes, *, wait_s: float | None) -> bytes | None:
     """Publish ``body``; return the result body when ``wait_s`` is given (None on timeout)."""
     names = Topology(settings.topology_prefix)
     connection = await aio_pika.connect(settings.amqp_url.get_secret_value())
@@ -47,14 +48,11 @@ async def submit(settings: Settings, job: CompletionJob, body: bytes, *, wait_s:
         correlation_id = str(uuid.uuid4())
         if wait_s is not None:
             reply_queue = await channel.declare_queue(exclusive=True, auto_delete=True)
-        exchange = await channel.get_exchange(names.jobs_exchange)
-        await exchange.publish(
-            aio_pika.Message(
-                body, content_type=CONTENT_TYPE, content_encoding="utf-8",
-                delivery_mode=DeliveryMode.PERSISTENT, message_id=job.job_id,
-                reply_to=reply_queue.name if reply_queue else None, correlation_id=correlation_id,
-            ),
-            routing_key=JOB_ROUTING_KEY,
+        # A passive check first: a missing exchange is then a clear error, not a closed channel mid-publish.
+        await channel.get_exchange(names.jobs_exchange)
+        await Publisher(channel).publish(
+            names.jobs_exchange, JOB_ROUTING_KEY, body, message_id=job.job_id,
+            reply_to=reply_queue.name if reply_queue else None, correlation_id=correlation_id,
         )
         if reply_queue is None or wait_s is None:
             return None
@@ -82,7 +80,7 @@ def _submit(args: argparse.Namespace) -> int:
     except (SubmitError, OSError) as exc:
         print(f"byok submit: {exc}", file=sys.stderr)
         return 2
-    settings = configured_settings()
+    settings = configured_settings(ProcessSettings)
     try:
         with broker_problems(settings):
             result = asyncio.run(submit(settings, job, body, wait_s=args.timeout if args.wait else None))

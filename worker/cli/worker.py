@@ -7,13 +7,15 @@ import sys
 
 from worker import event_loop
 from worker.cli.common import configured_settings
+from worker.settings import WorkerSettings
 
 
 def _run_worker(_args: argparse.Namespace) -> int:
-    from worker.jobs.service import BrokerUnavailable, Worker
+    from worker.broker.connection import BrokerUnavailable
+    from worker.jobs.service import Worker
     from worker.keys.auth import VaultAuthError
 
-    settings = configured_settings()
+    settings = configured_settings(WorkerSettings)
     try:
         event_loop.run(Worker(settings).run(), settings.event_loop)
     except (BrokerUnavailable, VaultAuthError) as exc:

@@ -16,15 +16,14 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import aiormq
 import orjson
 import structlog
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, DeliveryMode
+from aio_pika.abc import AbstractIncomingMessage
 from aio_pika.message import IncomingMessage
 from aiormq.abc import DeliveredMessage
+from aiormq.exceptions import ChannelInvalidStateError
 
 from worker.broker.names import (
-    CONTENT_TYPE,
     DELAY_STEPS_MS,
     HEADER_ATTEMPTS,
     HEADER_ERROR,
@@ -35,6 +34,7 @@ from worker.broker.names import (
     result_routing_key,
     usage_routing_key,
 )
+from worker.broker.publisher import Publisher
 from worker.jobs.metrics import WorkerMetrics
 from worker.jobs.pipeline import Completed, DeadLetter, Delivery, JobRunner, Outcome, RetryLater, Unroutable
 
@@ -88,7 +88,10 @@ def message_key(message: AbstractIncomingMessage) -> str:
 
 
 def _channel_closed(message: AbstractIncomingMessage) -> bool:
-    channel = message.channel
+    try:
+        channel = message.channel
+    except ChannelInvalidStateError:  # aio-pika's answer for a message whose channel is closed
+        return True
     return bool(getattr(channel, "is_closed", False))
 
 
@@ -96,40 +99,6 @@ def delay_step_ms(delay_s: float) -> int:
     """The shortest fixed delay queue that waits at least ``delay_s`` (the longest one at most)."""
     index = bisect.bisect_left(DELAY_STEPS_MS, int(delay_s * 1000))
     return DELAY_STEPS_MS[min(index, len(DELAY_STEPS_MS) - 1)]
-
-
-class Publisher:
-    """Confirmed, persistent JSON publishing to the topology's exchanges.
-
-    Publishes go straight to the channel's aiormq layer with the properties aio-pika's ``Message`` would
-    build (the same frames on the wire, ``mandatory`` as aio-pika's default): an ``aio_pika.Message`` per
-    publish costs nine times as much CPU as the properties themselves (BENCHMARKS.md).
-    """
-
-    def __init__(self, channel: AbstractChannel, names: Topology) -> None:
-        self._channel = channel
-        self._names = names
-
-    async def publish(
-        self, exchange: str, routing_key: str, body: bytes, *, message_id: str | None = None,
-        headers: dict[str, Any] | None = None, correlation_id: str | None = None, reply_to: str | None = None,
-    ) -> None:
-        properties = aiormq.spec.Basic.Properties(
-            content_type=CONTENT_TYPE,
-            content_encoding="utf-8",
-            delivery_mode=DeliveryMode.PERSISTENT.value,
-            priority=0,
-            message_id=message_id,
-            correlation_id=correlation_id,
-            reply_to=reply_to,
-            headers=headers or {},
-            timestamp=datetime.now(UTC),
-        )
-        if self._channel.is_closed:
-            raise aiormq.exceptions.ChannelInvalidStateError(f"{self._channel!r} closed")
-        channel = await self._channel.get_underlay_channel()
-        await channel.basic_publish(body, exchange=exchange, routing_key=routing_key, properties=properties,
-                                    mandatory=True)
 
 
 class JobConsumer:

@@ -36,7 +36,7 @@ from pydantic import SecretStr
 from schemas.models import IDENTIFIER_PATTERN, SEALED_KEY_PATTERN
 from worker.keys.endpoint import Endpoint, EndpointError, binding_b64, check_vault_addr
 from worker.redaction import redact_text
-from worker.settings import Settings
+from worker.settings import VaultSettings
 
 KEY_TYPE = "aes256-gcm96"
 WORKSPACE_ID = re.compile(IDENTIFIER_PATTERN)
@@ -151,7 +151,7 @@ class KeyAdmin:
         self._prefix = key_prefix
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> KeyAdmin:
+    def from_settings(cls, settings: VaultSettings) -> KeyAdmin:
         """The admin identity: ``BYOK_VAULT_ADDR`` and ``BYOK_VAULT_TOKEN`` (plus namespace, mount, prefix)."""
         if settings.vault_token is None or not settings.vault_token.get_secret_value():
             raise KeyUsageError("BYOK_VAULT_TOKEN is not set: `byok keys` needs the admin identity's Vault token")
