@@ -156,7 +156,8 @@ class Worker:
         await declare_topology(channel, topology_spec(self.names, delivery_limit=settings.delivery_limit))
         publisher = Publisher(channel, self.names)
         if consumer is None:
-            consumer = JobConsumer(runner, publisher, self.names, self.metrics)
+            consumer = JobConsumer(runner, publisher, self.names, self.metrics,
+                                   retry_window_s=settings.max_retry_window_s)
         else:
             consumer.publisher = publisher
         self._queue = await channel.get_queue(self.names.jobs_queue, ensure=False)
