@@ -67,6 +67,7 @@ def test_only_the_allow_listed_headers_are_carried() -> None:
     headers = {"traceparent": "00-abc-def-01", "tracestate": "k=v", "x-byok-replayed": 1, "CC": ["a"],
                "BCC": ["b"], "x-custom": "x", "x-death": [{}], HEADER_ATTEMPTS: 3}
     assert carried(headers) == {"traceparent": "00-abc-def-01", "tracestate": "k=v", "x-byok-replayed": 1}
+    assert carried({"tracestate": "k=" + "v" * 600, "traceparent": {"nested": "table"}}) == {}, "bounded, flat"
 
 
 @pytest.mark.parametrize(("reply_to", "allowed"), [

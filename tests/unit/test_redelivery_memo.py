@@ -124,6 +124,16 @@ async def test_many_large_outcomes_stay_bounded_and_a_remembered_job_is_settled_
     assert runner.calls == 41, "an evicted job runs again"
 
 
+async def test_a_redelivered_message_reusing_another_jobs_message_id_is_not_settled_with_its_result() -> None:
+    runner, publisher = BigAnswers(10), FakePublisher()
+    consumer = JobConsumer(cast(JobRunner, runner), cast(Any, publisher), NAMES, WorkerMetrics())
+    await deliver(consumer, FakeMessage(orjson.dumps({"job_id": "victim"}), "shared-id"))
+    publisher.sent.clear()
+    await deliver(consumer, FakeMessage(orjson.dumps({"job_id": "intruder"}), "shared-id", redelivered=True))
+    assert runner.calls == 2
+    assert {s[3] for s in publisher.sent} == {"intruder", "ev-intruder"}, "nothing of the victim's is republished"
+
+
 def test_a_result_over_the_cap_becomes_a_failed_provider_error_and_the_usage_event_still_goes_out() -> None:
     cap = 64 * 1024
     settled = settle(completed("huge", "z" * 200_000, raw_usage={"blob": "r" * 200_000}), NAMES, cap)

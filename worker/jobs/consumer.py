@@ -58,7 +58,10 @@ def delayed_headers(headers: Mapping[str, Any], retry: RetryLater, now: datetime
 
 
 def message_key(message: AbstractIncomingMessage) -> str:
-    return message.message_id or hashlib.sha256(message.body).hexdigest()
+    """The memo's key: the body's digest with the message id, which a publisher chooses freely (a redelivered
+    message that reuses another job's id must not be settled with that job's result)."""
+    digest = hashlib.sha256(message.body).hexdigest()
+    return f"{message.message_id}:{digest}" if message.message_id else digest
 
 
 def _channel_closed(message: AbstractIncomingMessage) -> bool:

@@ -29,10 +29,18 @@ from worker.broker.names import (
 from worker.jobs.pipeline import Delivery
 
 CARRIED_HEADERS = frozenset({*TRACE_HEADERS, HEADER_REPLAYED})
+MAX_CARRIED_CHARS = 512
+"""W3C's limit for ``tracestate``; a longer value is not carried (a header is not the place for a payload)."""
+
+
+def _carriable(value: Any) -> bool:
+    if isinstance(value, str | bytes):
+        return len(value) <= MAX_CARRIED_CHARS
+    return isinstance(value, int)
 
 
 def carried(headers: Mapping[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in headers.items() if key in CARRIED_HEADERS}
+    return {key: value for key, value in headers.items() if key in CARRIED_HEADERS and _carriable(value)}
 
 
 def _text(value: Any) -> str | None:
