@@ -53,9 +53,25 @@ IDENTIFIER_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 SEALED_KEY_PATTERN = r"^vault:v[1-9][0-9]{0,9}:[A-Za-z0-9+/]+={0,2}$"
 # The non-overlapping usage buckets, in the order of TokenCounts' fields (DESIGN.md, "Messages").
 TOKEN_BUCKETS: Final = ("input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens", "reasoning_tokens")
+NUL_REFUSED = "must not contain a NUL character (\\u0000): the consumption store cannot hold it"
+
+
+def storable(text: str) -> bool:
+    """Whether the consumption store can hold ``text``: PostgreSQL text and jsonb cannot hold U+0000."""
+    return "\x00" not in text
+
+
+def _storable(text: str) -> str:
+    if not storable(text):
+        raise ValueError(NUL_REFUSED)
+    return text
+
+
+StoredText = Annotated[str, AfterValidator(_storable)]
+"""A string that reaches the consumption store (through a usage event or a failed result)."""
 
 Identifier = Annotated[str, StringConstraints(pattern=IDENTIFIER_PATTERN)]
-JobId = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+JobId = Annotated[StoredText, StringConstraints(min_length=1, max_length=128)]
 
 
 def _utc(value: datetime) -> datetime:
@@ -110,8 +126,8 @@ class _Message(BaseModel):
 
 class ModelRef(_Message):
     provider: Provider
-    name: Annotated[str, StringConstraints(min_length=1, max_length=256)]
-    base_url: Annotated[str, StringConstraints(min_length=1, max_length=2048)] | None = None
+    name: Annotated[StoredText, StringConstraints(min_length=1, max_length=256)]
+    base_url: Annotated[StoredText, StringConstraints(min_length=1, max_length=2048)] | None = None
     sealed_key: Annotated[str, StringConstraints(pattern=SEALED_KEY_PATTERN)] | None = None
 
     @field_validator("base_url")
@@ -165,11 +181,24 @@ class CompletionJob(_Message):
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
+    @field_validator("tags")
+    @classmethod
+    def _storable_tags(cls, value: dict[str, str]) -> dict[str, str]:
+        # Checked as a whole: a key's own validation error would carry the key (and its NUL) in its location.
+        if not all(storable(key) and storable(text) for key, text in value.items()):
+            raise ValueError(NUL_REFUSED)
+        return value
+
     @field_validator("metadata")
     @classmethod
     def _metadata_size(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        if value is not None and len(orjson.dumps(value)) > MAX_METADATA_BYTES:
+        if value is None:
+            return value
+        serialized = orjson.dumps(value)
+        if len(serialized) > MAX_METADATA_BYTES:
             raise ValueError(f"metadata is larger than {MAX_METADATA_BYTES} bytes serialized")
+        if b"\\u0000" in serialized:  # echoed in the result, which the aggregator stores when it failed
+            raise ValueError(NUL_REFUSED)
         return value
 
 

@@ -85,6 +85,18 @@ def test_the_file_holds_exactly_what_the_worker_and_the_aggregator_declare() -> 
     assert {item["vhost"] for item in everything} == {"/"}
 
 
+def test_every_queue_a_process_consumes_dead_letters_into_a_declared_queue() -> None:
+    """Nothing the worker or the aggregator rejects is dropped: each queue they consume dead-letters somewhere."""
+    definitions = json.loads(DEFINITIONS.read_text())
+    queues = {q["name"]: q["arguments"] for q in definitions["queues"]}
+    bound = {b["source"] for b in definitions["bindings"]}
+    for consumed in (NAMES.jobs_queue, NAMES.usage_queue, NAMES.results_aggregator_queue):
+        exchange = queues[consumed].get("x-dead-letter-exchange")
+        assert exchange in bound, f"{consumed} dead-letters to {exchange!r}, which routes nowhere"
+    assert queues[NAMES.usage_queue]["x-dead-letter-exchange"] == NAMES.aggregator_dead_letter_exchange
+    assert NAMES.aggregator_dead_letter_queue in queues
+
+
 def test_no_password_is_checked_in() -> None:
     definitions = json.loads(DEFINITIONS.read_text())
     assert {u["name"] for u in definitions["users"]} == {"byok-worker", "byok-publisher", "byok-aggregator",

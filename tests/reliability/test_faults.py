@@ -21,7 +21,7 @@ from hypothesis import settings as hyp_settings
 from hypothesis import strategies as st
 from pydantic import SecretStr
 
-from schemas.models import Provider
+from schemas.models import MAX_JOB_BYTES, Provider
 from tests.aggregator.helpers import aggregator_settings
 from tests.broker import BrokerTap, broker_tap, byok, job_body, publish_jobs, running, running_aggregator
 from tests.conftest import Sealer
@@ -204,7 +204,10 @@ async def test_two_thousand_malformed_bodies_interleaved_with_valid_jobs(
     assert all(r["status"] == "succeeded" for r in ok)
     assert len(tap.dead) == 2000
     assert all(d.headers.get("x-byok-error") == "invalid_job" and d.headers.get("x-byok-reason") for d in tap.dead)
-    assert sorted(d.body for d in tap.dead) == sorted(malformed)
+    # A body over the job limit is dead-lettered cut to it, with its size in x-byok-truncated.
+    assert sorted(d.body for d in tap.dead) == sorted(body[:MAX_JOB_BYTES] for body in malformed)
+    assert sorted(d.headers["x-byok-truncated"] for d in tap.dead if len(d.body) == MAX_JOB_BYTES) == sorted(
+        len(body) for body in huge)
     assert running_worker.ready.is_set()
     print(f"\n[malformed] sent={len(bodies)} malformed={len(malformed)} valid={len(valid)} "
           f"valid_succeeded={len(ok)} dead={len(tap.dead)} invalid_results={len(tap.results) - len(ok)}")

@@ -1,9 +1,10 @@
 """Batches from a queue: parse, store in one transaction, THEN ack. Where the aggregator settles messages.
 
 - A message that does not parse is rejected without requeue at once (the reason is logged, the body
-  never is): it could never be stored.
+  never is): it could never be stored. Rejected is not dropped: the queues dead-letter to
+  ``<prefix>.aggregator.dlx`` (queue ``<prefix>.aggregator.dead``), where an operator can read it.
 - A batch the store refuses as data (``StoreDataError``) is retried one message at a time, and only the
-  messages refused alone are rejected.
+  messages refused alone are rejected (dead-lettered likewise).
 - Any other failure (database down, broker trouble) keeps the whole batch unacked and retries it with
   backoff; at shutdown it is left unacked for redelivery. Duplicates are harmless: ``event_id`` dedupes.
 - Once stored, the batch is acked with one multiple-ack (one channel per consumer, so the delivery

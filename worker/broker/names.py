@@ -13,6 +13,17 @@ HEADER_ATTEMPTS = "x-byok-attempts"
 HEADER_FIRST_SEEN = "x-byok-first-seen"
 HEADER_NOT_BEFORE = "x-byok-not-before"
 """On a delayed job whose wait is longer than the longest delay queue: it is delayed again until then."""
+HEADER_REPLAYED = "x-byok-replayed"
+"""How many times ``byok dlq replay`` republished the job."""
+TRACE_HEADERS = ("traceparent", "tracestate")
+ROUTING_HEADERS = ("CC", "BCC")
+"""RabbitMQ's sender-selected distribution: a message carrying them is routed with their keys as well."""
+HEADER_TRUNCATED = "x-byok-truncated"
+"""On a dead letter whose original body was too large to carry: the original size in bytes."""
+
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024 - 256 * 1024
+"""The largest body the worker publishes: RabbitMQ's default ``max_message_size`` (16 MiB since 4.0; 128 MiB
+in 3.x) less room for properties and headers. A broker configured lower needs a lower cap."""
 
 # Delay queues: one per fixed wait so a long TTL never holds a shorter one behind it.
 DELAY_STEPS_MS = (1_000, 5_000, 15_000, 60_000, 300_000)
@@ -63,6 +74,15 @@ class Topology:
     def results_aggregator_queue(self) -> str:
         """Failed results for the aggregator's error-burst rule (bound with ``*.*.failed``)."""
         return f"{self.prefix}.results.aggregator"
+
+    @property
+    def aggregator_dead_letter_exchange(self) -> str:
+        """Where the aggregator's queues dead-letter what it rejects (it can never store them)."""
+        return f"{self.prefix}.aggregator.dlx"
+
+    @property
+    def aggregator_dead_letter_queue(self) -> str:
+        return f"{self.prefix}.aggregator.dead"
 
     @property
     def alerts_exchange(self) -> str:

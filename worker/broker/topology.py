@@ -43,7 +43,21 @@ class TopologySpec:
 QUORUM = {"x-queue-type": "quorum"}
 
 
+def aggregator_queue(names: Topology, name: str) -> QueueSpec:
+    """A queue the aggregator consumes: what it rejects (it can never store it) is dead-lettered, not dropped."""
+    return QueueSpec(name, {**QUORUM, "x-dead-letter-exchange": names.aggregator_dead_letter_exchange})
+
+
+def aggregator_dead_letters(names: Topology) -> tuple[ExchangeSpec, QueueSpec, BindingSpec]:
+    return (
+        ExchangeSpec(names.aggregator_dead_letter_exchange, "fanout"),
+        QueueSpec(names.aggregator_dead_letter_queue, dict(QUORUM)),
+        BindingSpec(names.aggregator_dead_letter_exchange, names.aggregator_dead_letter_queue, ""),
+    )
+
+
 def topology_spec(names: Topology, *, delivery_limit: int) -> TopologySpec:
+    usage_dead_exchange, usage_dead_queue, usage_dead_binding = aggregator_dead_letters(names)
     exchanges = (
         ExchangeSpec(names.jobs_exchange, "direct"),
         ExchangeSpec(names.dead_letter_exchange, "fanout"),
@@ -51,6 +65,7 @@ def topology_spec(names: Topology, *, delivery_limit: int) -> TopologySpec:
         ExchangeSpec(names.results_exchange, "topic"),
         ExchangeSpec(names.usage_exchange, "topic"),
         ExchangeSpec(names.alerts_exchange, "topic"),
+        usage_dead_exchange,
     )
     delay_queues = tuple(
         QueueSpec(
@@ -73,13 +88,15 @@ def topology_spec(names: Topology, *, delivery_limit: int) -> TopologySpec:
             {**QUORUM, "x-dead-letter-exchange": names.dead_letter_exchange, "x-delivery-limit": delivery_limit},
         ),
         QueueSpec(names.dead_letter_queue, dict(QUORUM)),
-        QueueSpec(names.usage_queue, dict(QUORUM)),
+        aggregator_queue(names, names.usage_queue),
+        usage_dead_queue,
         *delay_queues,
     )
     bindings = (
         BindingSpec(names.jobs_exchange, names.jobs_queue, JOB_ROUTING_KEY),
         BindingSpec(names.dead_letter_exchange, names.dead_letter_queue, ""),
         BindingSpec(names.usage_exchange, names.usage_queue, "#"),
+        usage_dead_binding,
         *(BindingSpec(names.delay_exchange, names.delay_queue(step), str(step)) for step in DELAY_STEPS_MS),
     )
     return TopologySpec(exchanges, queues, bindings)
@@ -104,15 +121,22 @@ FAILED_RESULTS_BINDING = "*.*.failed"
 
 def aggregator_topology(names: Topology) -> TopologySpec:
     """The aggregator's part, declared idempotently with the same arguments as the worker's."""
+    dead_exchange, dead_queue, dead_binding = aggregator_dead_letters(names)
     return TopologySpec(
         exchanges=(
             ExchangeSpec(names.usage_exchange, "topic"),
             ExchangeSpec(names.results_exchange, "topic"),
             ExchangeSpec(names.alerts_exchange, "topic"),
+            dead_exchange,
         ),
-        queues=(QueueSpec(names.usage_queue, dict(QUORUM)), QueueSpec(names.results_aggregator_queue, dict(QUORUM))),
+        queues=(
+            aggregator_queue(names, names.usage_queue),
+            aggregator_queue(names, names.results_aggregator_queue),
+            dead_queue,
+        ),
         bindings=(
             BindingSpec(names.usage_exchange, names.usage_queue, "#"),
             BindingSpec(names.results_exchange, names.results_aggregator_queue, FAILED_RESULTS_BINDING),
+            dead_binding,
         ),
     )

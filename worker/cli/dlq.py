@@ -1,7 +1,11 @@
 """``byok dlq list|show|replay``: read dead letters with their reasons, republish chosen ones after a fix.
 
-Reading never removes anything: messages are fetched unacknowledged and returned to the queue when the
-channel closes. Replay acks a dead letter only after its copy on ``byok.jobs`` is confirmed.
+Reading never removes anything, and never counts as a delivery: a fetched dead letter is put back as a fresh
+copy at the end of the queue (confirmed) before the one fetched is acked. Returning it unacked instead would
+raise its delivery count, and a quorum queue drops a message past its delivery limit (20 by default since
+RabbitMQ 4.0, where ``x-delivery-limit: -1`` lifts it; 3.x has no default and drops at once with -1).
+A reader that dies between the two leaves a duplicate, never a loss.
+Replay acks a dead letter only after its copy on ``byok.jobs`` is confirmed.
 """
 
 from __future__ import annotations
@@ -24,16 +28,18 @@ from worker.broker.names import (
     HEADER_FIRST_SEEN,
     HEADER_NOT_BEFORE,
     HEADER_REASON,
+    HEADER_REPLAYED,
     JOB_ROUTING_KEY,
+    ROUTING_HEADERS,
     Topology,
 )
 from worker.cli.broker_errors import BrokerProblem, broker_problems
 from worker.cli.common import configured_settings
 from worker.settings import ProcessSettings
 
-REPLAY_HEADER = "x-byok-replayed"
+REPLAY_HEADER = HEADER_REPLAYED
 DROPPED_ON_REPLAY = (HEADER_ERROR, HEADER_REASON, HEADER_ATTEMPTS, HEADER_FIRST_SEEN, HEADER_NOT_BEFORE,
-                     "x-delivery-count")
+                     "x-delivery-count", *ROUTING_HEADERS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,14 +115,25 @@ async def scan(
             if message is None:
                 break
             view = describe(message)
-            if not chosen(view):
-                continue
-            found.append((view, message))
-            if replay:
+            if chosen(view):
+                found.append((view, message))
+            if replay and chosen(view):
                 await jobs.publish(replayed(message), routing_key=JOB_ROUTING_KEY)
-                await message.ack()
-        # Closing the channel returns every message fetched and not acked to the queue, unchanged.
+            else:
+                await channel.default_exchange.publish(put_back(message), routing_key=queue.name)
+            await message.ack()
     return found
+
+
+def put_back(message: AbstractIncomingMessage) -> aio_pika.Message:
+    """The dead letter as it was, as a new message: its delivery count starts again (and CC routes no copy)."""
+    dropped = ("x-delivery-count", *ROUTING_HEADERS)
+    return aio_pika.Message(
+        message.body, headers={k: v for k, v in (message.headers or {}).items() if k not in dropped},
+        content_type=message.content_type, content_encoding=message.content_encoding,
+        delivery_mode=DeliveryMode.PERSISTENT, message_id=message.message_id, correlation_id=message.correlation_id,
+        reply_to=message.reply_to, timestamp=message.timestamp, type=message.type, app_id=message.app_id,
+    )
 
 
 def replayed(message: AbstractIncomingMessage) -> aio_pika.Message:

@@ -11,18 +11,17 @@ from __future__ import annotations
 import asyncio
 import bisect
 import hashlib
-from collections import OrderedDict
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import orjson
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
 from aio_pika.message import IncomingMessage
 from aiormq.abc import DeliveredMessage
 from aiormq.exceptions import ChannelInvalidStateError
 
+from schemas.models import MAX_JOB_BYTES
 from worker.broker.names import (
     DELAY_STEPS_MS,
     HEADER_ATTEMPTS,
@@ -30,52 +29,27 @@ from worker.broker.names import (
     HEADER_FIRST_SEEN,
     HEADER_NOT_BEFORE,
     HEADER_REASON,
+    HEADER_TRUNCATED,
+    MAX_MESSAGE_BYTES,
     Topology,
-    result_routing_key,
-    usage_routing_key,
 )
 from worker.broker.publisher import Publisher
+from worker.jobs.job_headers import carried, delivery_of, reply_target
 from worker.jobs.metrics import WorkerMetrics
-from worker.jobs.pipeline import Completed, DeadLetter, Delivery, JobRunner, Outcome, RetryLater, Unroutable
+from worker.jobs.pipeline import Completed, DeadLetter, JobRunner, Outcome, RetryLater, Unroutable
+from worker.jobs.settled import Settled, SettledMemo, settle
 
 log = structlog.get_logger("byok.worker")
 
 
-def _dump(model: Any) -> bytes:
-    return orjson.dumps(model.model_dump(mode="json", by_alias=True))
-
-
-def _header_time(headers: Mapping[str, Any], name: str) -> datetime | None:
-    raw = headers.get(name)
-    if not isinstance(raw, str | bytes):
-        return None
-    try:
-        found = datetime.fromisoformat(raw.decode() if isinstance(raw, bytes) else raw)
-    except ValueError:
-        return None
-    return found if found.tzinfo is not None else None
-
-
-def delivery_of(message: AbstractIncomingMessage) -> Delivery:
-    headers = message.headers or {}
-    attempts = headers.get(HEADER_ATTEMPTS)
-    return Delivery(
-        body=message.body,
-        attempts_before=attempts if isinstance(attempts, int) and attempts >= 0 else 0,
-        first_seen=_header_time(headers, HEADER_FIRST_SEEN),
-        not_before=_header_time(headers, HEADER_NOT_BEFORE),
-    )
-
-
 def delayed_headers(headers: Mapping[str, Any], retry: RetryLater, now: datetime) -> tuple[int, dict[str, Any]]:
-    """The delay queue (its wait in ms) and the headers a job goes there with.
+    """The delay queue (its wait in ms) and the headers a job goes there with: the carried ones and the worker's.
 
     A wait longer than the longest queue (a provider's ``retry-after`` of ten minutes, say) carries the
     time it ends, and the job goes round the longest queue again until then.
     """
     step = delay_step_ms(retry.delay_s)
-    kept = {key: value for key, value in headers.items()
-            if not key.startswith("x-death") and key != HEADER_NOT_BEFORE}
+    kept = carried(headers)
     kept[HEADER_ATTEMPTS] = retry.attempts
     kept[HEADER_FIRST_SEEN] = retry.first_seen.isoformat()
     if retry.delay_s * 1000 > step:
@@ -84,7 +58,10 @@ def delayed_headers(headers: Mapping[str, Any], retry: RetryLater, now: datetime
 
 
 def message_key(message: AbstractIncomingMessage) -> str:
-    return message.message_id or hashlib.sha256(message.body).hexdigest()
+    """The memo's key: the body's digest with the message id, which a publisher chooses freely (a redelivered
+    message that reuses another job's id must not be settled with that job's result)."""
+    digest = hashlib.sha256(message.body).hexdigest()
+    return f"{message.message_id}:{digest}" if message.message_id else digest
 
 
 def _channel_closed(message: AbstractIncomingMessage) -> bool:
@@ -104,20 +81,23 @@ def delay_step_ms(delay_s: float) -> int:
 class JobConsumer:
     """Runs each delivery in a task of its own, so a lost channel does not abort a provider call midway.
 
-    The last outcomes are remembered (bounded, by message id). When the broker redelivers a message whose
-    job already ran here (the connection dropped before its ack arrived), the outcome is settled again: the
-    result is republished, the usage event keeps its ``event_id`` (counted once) and the provider is not
-    called twice.
+    The last outcomes are remembered as the bodies they publish (bounded in count and total bytes, by message
+    id). When the broker redelivers a message whose job already ran here (the connection dropped before its
+    ack arrived), the outcome is settled again: the result is republished, the usage event keeps its
+    ``event_id`` (counted once) and the provider is not called twice.
+    Nothing it publishes is larger than ``max_message_bytes`` (default ``MAX_MESSAGE_BYTES``).
     """
 
     def __init__(self, runner: JobRunner, publisher: Publisher, names: Topology, metrics: WorkerMetrics,
-                 *, remember: int = 4096) -> None:
+                 *, remember: int = 4096, remember_bytes: int = 64 * 1024 * 1024,
+                 max_message_bytes: int | None = None, retry_window_s: float = 900.0) -> None:
         self._runner = runner
         self.publisher = publisher
         self._names = names
         self._metrics = metrics
-        self._recent: OrderedDict[str, Completed] = OrderedDict()
-        self._recent_max = remember
+        self.recent = SettledMemo(max_entries=remember, max_bytes=remember_bytes)
+        self._max_bytes = max_message_bytes or MAX_MESSAGE_BYTES
+        self._retry_window_s = retry_window_s
         self._running: dict[str, asyncio.Future[None]] = {}
         self.in_flight: set[asyncio.Task[None]] = set()
         self.idle = asyncio.Event()
@@ -151,11 +131,12 @@ class JobConsumer:
             await asyncio.wait([earlier])
         running: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._running[key] = running
-        outcome: Outcome | None = self._recent.get(key) if message.redelivered else None
+        outcome: Outcome | Settled | None = self.recent.get(key) if message.redelivered else None
         try:
             if outcome is None:
-                outcome = await self._runner.run(delivery_of(message))
-                self._remember(key, outcome)
+                delivery = delivery_of(message, self._names, retry_window_s=self._retry_window_s,
+                                       now=datetime.now(UTC))
+                outcome = self._remember(key, await self._runner.run(delivery))
             await self._settle(message, outcome)
         except asyncio.CancelledError:
             log.info("job.cancelled", message_id=message.message_id, note="left unacked for redelivery")
@@ -173,14 +154,15 @@ class JobConsumer:
                 del self._running[key]
             self._metrics.in_flight.dec()
 
-    def _remember(self, key: str, outcome: Outcome) -> None:
-        if isinstance(outcome, Completed):
-            self._recent[key] = outcome
-            while len(self._recent) > self._recent_max:
-                self._recent.popitem(last=False)
+    def _remember(self, key: str, outcome: Outcome) -> Outcome | Settled:
+        if not isinstance(outcome, Completed):
+            return outcome
+        settled = settle(outcome, self._names, self._max_bytes)
+        self.recent.remember(key, settled)
+        return settled
 
-    async def _settle(self, message: AbstractIncomingMessage, outcome: Outcome) -> None:
-        if isinstance(outcome, Completed):
+    async def _settle(self, message: AbstractIncomingMessage, outcome: Outcome | Settled) -> None:
+        if isinstance(outcome, Settled):
             await self._publish_completed(message, outcome)
         elif isinstance(outcome, RetryLater):
             await self._publish_delayed(message, outcome)
@@ -191,69 +173,44 @@ class JobConsumer:
             await self._dead_letter(message, outcome.dead_letter)
         await message.ack()
 
-    async def _publish_completed(self, message: AbstractIncomingMessage, outcome: Completed) -> None:
-        result = outcome.result
-        body = _dump(result)
+    async def _publish_completed(self, message: AbstractIncomingMessage, settled: Settled) -> None:
+        result = settled.result
         publishes = [
-            self.publisher.publish(
-                self._names.results_exchange,
-                result_routing_key(result.workspace_id, result.automation_id, result.status.value),
-                body,
-                message_id=result.job_id,
-                correlation_id=message.correlation_id,
-            )
+            self.publisher.publish(result.exchange, result.routing_key, result.body, message_id=result.message_id,
+                                   correlation_id=message.correlation_id)
         ]
-        if message.reply_to:
+        reply_to = reply_target(message.reply_to, self._names)
+        if reply_to:
             publishes.append(
-                self.publisher.publish(
-                    "", message.reply_to, body, message_id=result.job_id, correlation_id=message.correlation_id
-                )
+                self.publisher.publish("", reply_to, result.body, message_id=result.message_id,
+                                       correlation_id=message.correlation_id)
             )
-        if outcome.usage is not None:
-            usage = outcome.usage
+        elif message.reply_to:
+            log.warning("job.reply_to_refused", message_id=message.message_id,
+                        reason="reply_to names a queue of the topology; the result goes to the results exchange only")
+        if settled.usage is not None:
+            usage = settled.usage
             publishes.append(
-                self.publisher.publish(
-                    self._names.usage_exchange,
-                    usage_routing_key(usage.workspace_id, usage.provider.value),
-                    _dump(usage),
-                    message_id=usage.event_id,
-                )
+                self.publisher.publish(usage.exchange, usage.routing_key, usage.body, message_id=usage.message_id)
             )
-        if outcome.dead_letter is not None:
-            publishes.append(self._dead_letter(message, outcome.dead_letter))
+        if settled.dead_letter is not None:
+            publishes.append(self._dead_letter(message, settled.dead_letter))
         await asyncio.gather(*publishes)
-        self._log_outcome(outcome)
-
-    def _log_outcome(self, outcome: Completed) -> None:
-        result = outcome.result
-        error_code = result.error.code.value if result.error else None
-        self._metrics.finished(result.status.value, error_code)
-        usage = result.usage
-        log.info(
-            "job.finished",
-            job_id=result.job_id,
-            workspace_id=result.workspace_id,
-            automation_id=result.automation_id,
-            provider=result.provider.value if result.provider else None,
-            model=result.model,
-            status=result.status.value,
-            error_code=error_code,
-            attempts=result.attempts,
-            latency_ms=result.latency_ms,
-            input_tokens=usage.input_tokens if usage else None,
-            cache_read_tokens=usage.cache_read_tokens if usage else None,
-            cache_write_tokens=usage.cache_write_tokens if usage else None,
-            output_tokens=usage.output_tokens if usage else None,
-            reasoning_tokens=usage.reasoning_tokens if usage else None,
-            usage_reported=outcome.usage.usage_reported if outcome.usage else None,
-        )
+        self._metrics.finished(settled.status, settled.error_code)
+        log.info("job.finished", **settled.log_fields)
 
     async def _dead_letter(self, message: AbstractIncomingMessage, dead_letter: DeadLetter) -> None:
-        headers = dict(message.headers or {})
+        headers = carried(message.headers or {})
         headers[HEADER_ERROR] = dead_letter.code.value
         headers[HEADER_REASON] = dead_letter.reason
+        body = message.body
+        limit = min(MAX_JOB_BYTES, self._max_bytes)
+        if len(body) > limit:
+            # Larger than any valid job (never replayable as it is): its beginning, and its size in a header.
+            headers[HEADER_TRUNCATED] = len(body)
+            body = body[:limit]
         await self.publisher.publish(
-            self._names.dead_letter_exchange, "", message.body, message_id=message.message_id,
+            self._names.dead_letter_exchange, "", body, message_id=message.message_id,
             headers=headers, correlation_id=message.correlation_id, reply_to=message.reply_to,
         )
         self._metrics.dead_lettered(dead_letter.code.value)

@@ -29,6 +29,7 @@ from schemas.models import (
     Status,
     TokenCounts,
     UsageEvent,
+    storable,
 )
 from worker.failures import InvalidJob, JobFailure
 from worker.jobs.metrics import WorkerMetrics
@@ -114,7 +115,7 @@ def routing_ids(raw: Any) -> tuple[str, str, str | None] | None:
     if not isinstance(raw, dict):
         return None
     job_id, workspace_id, automation_id = raw.get("job_id"), raw.get("workspace_id"), raw.get("automation_id")
-    if not (isinstance(job_id, str) and 1 <= len(job_id) <= 128):
+    if not (isinstance(job_id, str) and 1 <= len(job_id) <= 128 and storable(job_id)):
         return None
     if not (isinstance(workspace_id, str) and _IDENTIFIER.fullmatch(workspace_id)):
         return None

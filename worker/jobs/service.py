@@ -112,7 +112,8 @@ class Worker:
         await declare_topology(channel, topology_spec(self.names, delivery_limit=settings.delivery_limit))
         publisher = Publisher(channel)
         if self._consumer is None:
-            self._consumer = JobConsumer(runner, publisher, self.names, self.metrics)
+            self._consumer = JobConsumer(runner, publisher, self.names, self.metrics,
+                                         retry_window_s=settings.max_retry_window_s)
         else:
             self._consumer.publisher = publisher
         self._queue = await channel.get_queue(self.names.jobs_queue, ensure=False)

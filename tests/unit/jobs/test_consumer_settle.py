@@ -158,15 +158,19 @@ async def test_an_outcome_is_published_and_confirmed_before_the_ack() -> None:
                                                                                                            "ev-1")
 
 
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
 async def test_a_failed_job_is_published_and_dead_lettered_with_its_code_then_acked() -> None:
     publisher = FakePublisher()
-    message = FakeMessage(headers={"x-custom": "kept"})
+    message = FakeMessage(headers={"x-custom": "dropped", "CC": ["elsewhere"], "traceparent": TRACEPARENT})
     await settle(consumer_of(FakeRunner(failed()), publisher), message)
     assert message.settled == ["ack"]
     assert where(publisher.confirmed) == [("t.dlx", ""), ("t.results", "ws-1._.failed")]
     (dead,) = [p for p in publisher.confirmed if p.exchange == "t.dlx"]
     assert dead.body == BODY, "the dead letter keeps the original body"
-    assert dead.headers == {"x-custom": "kept", HEADER_ERROR: "auth_failed",
+    # Only the trace context of the publisher's headers travels on: never its routing headers (CC) or others.
+    assert dead.headers == {"traceparent": TRACEPARENT, HEADER_ERROR: "auth_failed",
                             HEADER_REASON: "the provider refused the key"}
 
 

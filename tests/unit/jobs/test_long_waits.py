@@ -26,10 +26,11 @@ def retry(delay_s: float) -> RetryLater:
 
 
 def test_a_wait_within_the_queues_carries_no_end_time() -> None:
-    step, headers = delayed_headers({"x-death": [{}], "x-custom": "kept", HEADER_NOT_BEFORE: "stale"}, retry(10), NOW)
+    step, headers = delayed_headers({"x-death": [{}], "traceparent": "kept", "x-custom": "dropped", "CC": ["x"],
+                                     HEADER_NOT_BEFORE: "stale"}, retry(10), NOW)
     assert step == 15_000
     first_seen = (NOW - timedelta(seconds=30)).isoformat()
-    assert headers == {"x-custom": "kept", HEADER_ATTEMPTS: 2, HEADER_FIRST_SEEN: first_seen}
+    assert headers == {"traceparent": "kept", HEADER_ATTEMPTS: 2, HEADER_FIRST_SEEN: first_seen}
 
 
 def test_a_wait_beyond_the_longest_queue_carries_its_end() -> None:
