@@ -15,6 +15,9 @@ class VaultAuthMethod(StrEnum):
     KUBERNETES = "kubernetes"
 
 
+PROVIDER_MAX_RESPONSE_BYTES = 8 * 1024 * 1024
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="BYOK_", extra="ignore")
 
@@ -54,6 +57,15 @@ class Settings(BaseSettings):
         default=900.0, gt=0, description="a job without a deadline stops retrying this long after it was first seen"
     )
     allowed_hosts: Annotated[frozenset[str] | None, NoDecode] = None
+
+    # What one provider endpoint may cost the worker (hardening, #13). The response cap stays well under
+    # RabbitMQ 4's default max_message_size (16 MiB), so a result carrying the answer can still be published.
+    provider_max_response_bytes: int = Field(
+        default=PROVIDER_MAX_RESPONSE_BYTES, ge=1024, description="a provider's answer, decoded, is refused above this"
+    )
+    provider_call_timeout_s: float = Field(
+        default=300.0, gt=0, description="one provider call, request to last byte (the job's deadline may cut it)"
+    )
 
     reconnect_max_s: float = Field(
         default=60.0, gt=0, description="exit with status 1 when the broker stays unreachable this long"

@@ -51,7 +51,7 @@ class Ollama:
 
 
 def runner(provider: Ollama) -> JobRunner:
-    settings = Settings(inline_retry_max_s=2.0)
+    settings = Settings(inline_retry_max_s=2.0, allowed_hosts=frozenset({"127.0.0.1:11434"}))  # Ollama's default
     http = HttpClientPool(connect_timeout_s=1, read_timeout_s=1, max_connections=4,
                           transport_factory=lambda: httpx.MockTransport(provider))
     # An Ollama job needs no key: the decryptor is never asked.

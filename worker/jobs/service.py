@@ -94,6 +94,7 @@ class Worker:
             read_timeout_s=settings.provider_read_timeout_s,
             max_connections=settings.provider_max_connections,
             transport_factory=self._provider_transport,
+            allowed_hosts=settings.allowed_hosts, max_response_bytes=settings.provider_max_response_bytes,
         )
         self.health = HealthServer(settings.metrics_listen, HealthState(self._connected, self._consuming),
                                    self.metrics)
