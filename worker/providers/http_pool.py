@@ -71,9 +71,9 @@ class PublicOnlyResolver(AbstractResolver):
     connection (after its short DNS cache), so a name that changes its answer cannot slip through.
     """
 
-    def __init__(self, allowed_hosts: frozenset[str] | None) -> None:
+    def __init__(self, allowed_hosts: frozenset[str] | None, resolver: AbstractResolver | None = None) -> None:
         self._allowed_hosts = allowed_hosts
-        self._resolver = aiohttp.DefaultResolver()
+        self._resolver = resolver or aiohttp.DefaultResolver()
 
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
@@ -92,6 +92,7 @@ class _Origin:
     def __init__(self) -> None:
         self._in_flight = 0
         self._retired = False
+        self.closed = False
 
     async def post(self, url: str, *, content: bytes, headers: Mapping[str, str]) -> ProviderResponse:
         self._in_flight += 1
@@ -111,6 +112,10 @@ class _Origin:
         raise NotImplementedError
 
     async def aclose(self) -> None:
+        self.closed = True
+        await self._close()
+
+    async def _close(self) -> None:
         raise NotImplementedError
 
 
@@ -172,7 +177,7 @@ class AiohttpOrigin(_Origin):
                 body = await read_capped(answer, response.content.iter_chunked(_READ_CHUNK), self._max_response_bytes)
                 return ProviderResponse(response.status, response.raw_headers, body)
 
-    async def aclose(self) -> None:
+    async def _close(self) -> None:
         session, self._session = self._session, None
         resolver, self._resolver = self._resolver, None
         if session is not None:
@@ -202,7 +207,7 @@ class HttpxOrigin(_Origin):
             body = await read_capped(answer, chunks, self._max_response_bytes)
             return ProviderResponse(response.status_code, tuple(response.headers.raw), body)
 
-    async def aclose(self) -> None:
+    async def _close(self) -> None:
         await self.client.aclose()
 
 

@@ -30,22 +30,23 @@ class _Inflater:
     """One gzip or deflate layer."""
 
     def __init__(self, coding: str) -> None:
-        self._coding = coding
-        self._first = True
-        self._zlib = zlib.decompressobj(zlib.MAX_WBITS | 16 if coding == "gzip" else zlib.MAX_WBITS)
+        self._zlib = zlib.decompressobj(zlib.MAX_WBITS | 16) if coding == "gzip" else None
+        self._head = b""
 
     def feed(self, data: bytes) -> Iterator[bytes]:
+        if self._zlib is None:
+            # "deflate" is zlib-wrapped or, from some servers, raw (httpx's DeflateDecoder takes both): the
+            # first two bytes tell, however the body is cut into chunks.
+            self._head += data
+            if len(self._head) < 2:
+                return
+            data, self._head = self._head, b""
+            self._zlib = zlib.decompressobj(zlib.MAX_WBITS if _is_zlib_header(data) else -zlib.MAX_WBITS)
         while True:
             try:
                 piece = self._zlib.decompress(data, PIECE)
             except zlib.error as exc:
-                if self._first and self._coding == "deflate":
-                    # As httpx's DeflateDecoder: a "deflate" body without the zlib header is raw deflate.
-                    self._first = False
-                    self._zlib = zlib.decompressobj(-zlib.MAX_WBITS)
-                    continue
                 raise httpx.DecodingError(str(exc)) from exc
-            self._first = False
             data = self._zlib.unconsumed_tail
             if piece:
                 yield piece
@@ -53,10 +54,17 @@ class _Inflater:
                 return
 
     def finish(self) -> bytes:
+        if self._zlib is None:
+            return b""
         try:
             return self._zlib.flush()
         except zlib.error as exc:
             raise httpx.DecodingError(str(exc)) from exc
+
+
+def _is_zlib_header(head: bytes) -> bool:
+    cmf, flg = head[0], head[1]
+    return cmf & 0x0F == zlib.DEFLATED and cmf >> 4 <= 7 and (cmf * 256 + flg) % 31 == 0
 
 
 def _layers(content_encodings: Iterable[str]) -> list[_Inflater]:
