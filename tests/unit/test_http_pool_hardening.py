@@ -8,12 +8,12 @@ import socket
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import aiohttp
 import httpx
 import pytest
 from aiohttp import web
-from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.abc import ResolveResult
 
+from tests.security.hostile_endpoint import FixedResolver, scripted_dns
 from tests.unit.test_response_body import MIB, gzip_of_zeros
 from worker.keys.endpoint import NonPublicAddress
 from worker.providers.http_pool import HttpClientPool, ProviderClient, PublicOnlyResolver
@@ -207,38 +207,12 @@ async def test_thousands_of_origins_keep_no_more_than_the_bound() -> None:
 # -- addresses -------------------------------------------------------------------------------------------
 
 
-class FixedResolver(AbstractResolver):
-    """A DNS that answers each name from a script, one answer per lookup (the last one repeats)."""
-
-    def __init__(self, answers: dict[str, list[str]]) -> None:
-        self.answers = answers
-        self.lookups: list[str] = []
-
-    async def resolve(self, host: str, port: int = 0,
-                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
-        self.lookups.append(host)
-        script = self.answers[host]
-        address = script.pop(0) if len(script) > 1 else script[0]
-        return [{"hostname": host, "host": address, "port": port, "family": socket.AF_INET, "proto": 0,
-                 "flags": socket.AI_NUMERICHOST}]
-
-    async def close(self) -> None:
-        pass
-
-
-@pytest.fixture
-def dns(monkeypatch: pytest.MonkeyPatch) -> FixedResolver:
-    resolver = FixedResolver({})
-    monkeypatch.setattr(aiohttp, "DefaultResolver", lambda: resolver)
-    return resolver
-
-
 @pytest.mark.parametrize("address", ["127.0.0.1", "10.1.2.3", "169.254.169.254", "100.64.0.1", "0.0.0.0",  # noqa: S104
                                      "192.168.1.1", "224.0.0.1", "168.63.129.16"])
 async def test_a_name_resolving_to_a_non_public_address_is_refused_before_connecting(
-    server: Server, dns: FixedResolver, address: str
+    server: Server, monkeypatch: pytest.MonkeyPatch, address: str
 ) -> None:
-    dns.answers["internal.hostile.test"] = [address]
+    scripted_dns(monkeypatch, {"internal.hostile.test": [address]})
     clients = pool()
     base = f"http://internal.hostile.test:{server.port}"
     try:
@@ -251,9 +225,9 @@ async def test_a_name_resolving_to_a_non_public_address_is_refused_before_connec
 
 @pytest.mark.parametrize("listed", ["internal.hostile.test", "internal.hostile.test:{port}"])
 async def test_a_listed_name_connects_to_the_address_it_resolved_to(
-    server: Server, dns: FixedResolver, listed: str
+    server: Server, monkeypatch: pytest.MonkeyPatch, listed: str
 ) -> None:
-    dns.answers["internal.hostile.test"] = ["127.0.0.1"]
+    scripted_dns(monkeypatch, {"internal.hostile.test": ["127.0.0.1"]})
     clients = pool(allowed_hosts=frozenset({listed.format(port=server.port)}))
     base = f"http://internal.hostile.test:{server.port}"
     try:
@@ -263,8 +237,10 @@ async def test_a_listed_name_connects_to_the_address_it_resolved_to(
     assert len(server.cookies) == 1
 
 
-async def test_a_listing_for_another_port_does_not_cover_this_one(server: Server, dns: FixedResolver) -> None:
-    dns.answers["internal.hostile.test"] = ["127.0.0.1"]
+async def test_a_listing_for_another_port_does_not_cover_this_one(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scripted_dns(monkeypatch, {"internal.hostile.test": ["127.0.0.1"]})
     clients = pool(allowed_hosts=frozenset({f"internal.hostile.test:{server.port + 1}"}))
     base = f"http://internal.hostile.test:{server.port}"
     try:
