@@ -187,3 +187,18 @@ async def test_by_default_loopback_private_and_metadata_are_refused_open_port_or
     assert hostile.seen == [], "nothing reached the endpoint"
     assert simulator.ledger.requests() == []
     assert ERROR_MARKER.encode() not in b"".join(m.body for m in tap.everything())
+
+
+@pytest.mark.timeout(60)
+async def test_a_listed_name_is_called_even_when_it_resolves_to_loopback(
+    settings: Settings, hostile: HostileEndpoint, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    scripted_dns(monkeypatch, {"ollama.internal": ["127.0.0.1"]})
+    listed = settings.model_copy(update={"allowed_hosts": frozenset({f"ollama.internal:{hostile.port}"})})
+    async with broker_tap(listed) as tap, running(Worker(listed)):
+        await publish_jobs(listed, [job_body("listed", "ws-listed",
+                                             keyless(f"http://ollama.internal:{hostile.port}/ollama"))])
+        await tap.wait_for(lambda: len(tap.results) == 1)
+    result = tap.result_for("listed")
+    assert result["status"] == "succeeded" and result["output"]["text"] == "fine", result
+    assert [s.attack for s in hostile.seen] == ["ok"]

@@ -14,6 +14,7 @@ from worker.keys.endpoint import (
     is_public_address,
     literal_address,
 )
+from worker.settings import Settings
 
 REFUSED = {
     "loopback": ["http://127.0.0.1:11434", "http://127.8.9.10", "http://[::1]:8080", "http://localhost:11434",
@@ -94,3 +95,11 @@ def test_metadata_addresses_are_never_public() -> None:
     for text in ("169.254.169.254", "168.63.129.16", "fd00:ec2::254", "100.100.100.200"):
         address = literal_address(text)
         assert address is not None and not is_public_address(address)
+
+
+def test_allowed_hosts_take_host_port_entries_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BYOK_ALLOWED_HOSTS", " 127.0.0.1:8099 , [::1]:11434,Ollama.Internal:11434 ")
+    allowed = Settings().allowed_hosts
+    assert allowed == frozenset({"127.0.0.1:8099", "[::1]:11434", "ollama.internal:11434"})
+    check_public(Endpoint.resolve(Provider.OLLAMA, "http://[::1]:11434"), allowed)
+    check_resolved("ollama.internal", 11434, ["10.0.0.7"], allowed)
