@@ -7,7 +7,7 @@ import functools
 import ipaddress
 import re
 import socket
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
@@ -160,16 +160,15 @@ class NonPublicAddress(EndpointError):
 
     def __init__(self, host: str) -> None:
         super().__init__(
-            f"host {host!r} is a loopback, private, link-local or metadata address, which the worker does not "
-            "call unless BYOK_ALLOWED_HOSTS lists it"
+            f"host {host!r} is or resolves to a loopback, private, link-local or metadata address, which the "
+            "worker does not call unless BYOK_ALLOWED_HOSTS lists it"
         )
 
 
-def is_listed(host: str, port: int, allowed_hosts: Iterable[str]) -> bool:
+def is_listed(host: str, port: int, allowed_hosts: Collection[str]) -> bool:
     """``host`` or ``host:port`` (``[v6]`` or ``[v6]:port`` for an IPv6 address) is in the list."""
     bracketed = f"[{host}]" if ":" in host else host
-    listed = set(allowed_hosts)
-    return bool({host, bracketed, f"{bracketed}:{port}"} & listed)
+    return any(entry in allowed_hosts for entry in (host, bracketed, f"{bracketed}:{port}"))
 
 
 def literal_address(host: str) -> IPAddress | None:
