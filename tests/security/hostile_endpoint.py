@@ -5,7 +5,8 @@
 identity body; ``trickle`` one byte at a time, never finishing; ``echo`` the caller's key back in the text,
 the finish reason and the usage; ``echo-error`` the key in a 400's error message; ``redirect`` a 307 to the
 cloud metadata address; ``error-text`` a 502 whose HTML body carries ``ERROR_MARKER``; ``set-cookie`` a normal
-answer that sets a cookie; ``bad-gzip`` a body that claims gzip and is not.
+answer that sets a cookie; ``bad-gzip`` a body that claims gzip and is not; ``not-http`` a status line that is
+not HTTP, carrying ``ERROR_MARKER``.
 
 Every request is recorded (path, model, whether it carried a Cookie header), never a credential's value.
 ``scripted_dns`` scripts what a host name resolves to for the worker's provider calls.
@@ -114,6 +115,10 @@ class HostileEndpoint:
         if attack == "error-text":
             return web.Response(status=502, text=f"<html><body>{ERROR_MARKER}</body></html>",
                                 content_type="text/html")
+        if attack == "not-http" and request.transport is not None:
+            request.transport.write(f"NOT HTTP {ERROR_MARKER}\r\n\r\n".encode())
+            request.transport.close()
+            return web.Response()
         if attack == "bad-gzip":
             return web.Response(body=b"this is not gzip at all", content_type="application/json",
                                 headers={"content-encoding": "gzip"})

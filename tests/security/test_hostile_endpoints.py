@@ -89,6 +89,7 @@ EXPECTED: dict[str, tuple[str, str, str | None, str, bool | None]] = {
     "ollama-error-text": ("keyless", "failed", "provider_error", "HTTP 502", True),
     "bad-gzip": ("keyed", "failed", "provider_error", "the provider's answer does not decode", False),
     "set-cookie": ("keyed", "succeeded", None, "fine", None),
+    "not-http": ("keyed", "failed", "provider_error", "connection to the provider failed (RemoteProtocolError)", True),
 }
 
 

@@ -4,6 +4,7 @@ to, and how many origins it keeps. Both paths: aiohttp (production) and httpx ov
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -268,3 +269,33 @@ async def test_one_non_public_address_among_public_ones_refuses_the_name() -> No
     resolver = PublicOnlyResolver(None, Mixed({"mixed.hostile.test": ["93.184.216.34"], "private": ["10.0.0.1"]}))
     with pytest.raises(NonPublicAddress):
         await resolver.resolve("mixed.hostile.test", 443)
+
+
+# -- answers that are not HTTP -----------------------------------------------------------------------------
+
+NOT_HTTP = {
+    "bad status line": b"NOT HTTP secret-ish-text\r\n\r\n",
+    "oversized header": b"HTTP/1.1 200 OK\r\nX-Big: " + b"secret-ish-text" * 7000 + b"\r\nContent-Length: 2\r\n\r\n{}",
+    "too many headers": b"HTTP/1.1 200 OK\r\n" + b"X-A: secret-ish-text\r\n" * 50_000 + b"Content-Length: 2\r\n\r\n{}",
+}
+
+
+@pytest.mark.parametrize("answer", NOT_HTTP.values(), ids=NOT_HTTP.keys())
+async def test_an_answer_that_is_not_http_is_a_transport_error_quoting_nothing(answer: bytes) -> None:
+    async def endpoint(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(65536)
+        writer.write(answer)
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(endpoint, "127.0.0.1", 0)
+    base = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    clients = pool()
+    try:
+        with pytest.raises(httpx.TransportError) as failed:
+            await post(clients.client_for(base), f"{base}/v1")
+    finally:
+        await clients.aclose()
+        server.close()
+    assert "secret-ish-text" not in str(failed.value)

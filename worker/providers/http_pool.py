@@ -167,15 +167,21 @@ class AiohttpOrigin(_Origin):
         session = self._session or self._open()
         merged = self._default_headers.copy()
         merged.update(headers)
-        with map_aiohttp_exceptions():
-            async with session.request(
-                "POST", self._url(url), headers=merged, data=content or None, allow_redirects=False,
-                auto_decompress=False, compress=False, timeout=self._timeout,
-            ) as response:
-                answer = Answer(response.status, response.headers.getall("content-encoding", ()),
-                                response.content_length)
-                body = await read_capped(answer, response.content.iter_chunked(_READ_CHUNK), self._max_response_bytes)
-                return ProviderResponse(response.status, response.raw_headers, body)
+        try:
+            with map_aiohttp_exceptions():
+                async with session.request(
+                    "POST", self._url(url), headers=merged, data=content or None, allow_redirects=False,
+                    auto_decompress=False, compress=False, timeout=self._timeout,
+                ) as response:
+                    answer = Answer(response.status, response.headers.getall("content-encoding", ()),
+                                    response.content_length)
+                    body = await read_capped(answer, response.content.iter_chunked(_READ_CHUNK),
+                                             self._max_response_bytes)
+                    return ProviderResponse(response.status, response.raw_headers, body)
+        except aiohttp.ClientResponseError:
+            # A head that is not HTTP (a bad status line, oversized or too many headers): a transport error like
+            # any other, without aiohttp's message, which quotes what the endpoint sent.
+            raise httpx.RemoteProtocolError("the provider's answer is not valid HTTP") from None
 
     async def _close(self) -> None:
         session, self._session = self._session, None
