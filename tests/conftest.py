@@ -50,6 +50,8 @@ def settings(amqp_url: str, vault: VaultServer, topology_prefix: str, tmp_path: 
         log_level="debug",
         shutdown_grace_s=5,
         retry_base_delay_s=0.05,
+        # The simulator and every other test endpoint listen on loopback, which the worker refuses unless listed.
+        allowed_hosts=frozenset({"127.0.0.1"}),
     )
 
 

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import aio_pika
+import aiohttp
 import httpx
 from aio_pika.abc import AbstractIncomingMessage, DeliveryMode
 from aiohttp import web
@@ -30,7 +31,7 @@ from httpx_aiohttp import AiohttpTransport
 from tests.waiting import wait_until
 from worker.broker.names import CONTENT_TYPE
 from worker.broker.publisher import Publisher
-from worker.providers.http_pool import HttpClientPool
+from worker.providers.http_pool import HttpClientPool, no_cookies
 
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 KINDS = ("ok", "setcookie", "ok", "gzip", "badgzip", "deflate", "repeated", "redirect", "slow", "close")
@@ -81,9 +82,15 @@ async def provider_calls(host: str) -> list[str]:
     base = f"http://{host}:{port}"
     timeout = httpx.Timeout(0.5, connect=1, pool=0.5)
     limits = httpx.Limits(max_connections=10, max_keepalive_connections=10)
-    old = httpx.AsyncClient(transport=AiohttpTransport(limits=limits), timeout=timeout, limits=limits,
-                            follow_redirects=False)
-    pool = HttpClientPool(connect_timeout_s=1, read_timeout_s=0.5, max_connections=10)
+    # Neither keeps cookies (a cookie one workspace's endpoint sets must not go out with another job): the old
+    # path's aiohttp session as AiohttpTransport builds it, without its cookie jar.
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(keepalive_timeout=limits.keepalive_expiry,
+                                                                   limit=10),
+                                    cookie_jar=aiohttp.DummyCookieJar())
+    old = httpx.AsyncClient(transport=AiohttpTransport(limits=limits, client=session), timeout=timeout,
+                            limits=limits, follow_redirects=False, cookies=no_cookies())
+    pool = HttpClientPool(connect_timeout_s=1, read_timeout_s=0.5, max_connections=10,
+                          allowed_hosts=frozenset({host}))
     headers = {"authorization": "Bearer sk-equivalence", "content-type": "application/json"}
     differences = []
     try:

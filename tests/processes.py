@@ -28,6 +28,8 @@ def process_env(settings: Settings, **overrides: str) -> dict[str, str]:
         "BYOK_LOG_LEVEL": "debug",
         "BYOK_RETRY_BASE_DELAY_S": str(settings.retry_base_delay_s),
     }
+    if settings.allowed_hosts is not None:
+        env["BYOK_ALLOWED_HOSTS"] = ",".join(sorted(settings.allowed_hosts))
     env.update(overrides)
     return env
 

@@ -31,6 +31,9 @@ class VaultAuthMethod(StrEnum):
     KUBERNETES = "kubernetes"
 
 
+PROVIDER_MAX_RESPONSE_BYTES = 8 * 1024 * 1024
+
+
 def split_listen(listen: str) -> tuple[str, int]:
     """``host:port`` of a ``*_LISTEN`` setting (``[::1]:80`` too); an empty host is loopback."""
     host, _, port = listen.rpartition(":")
@@ -128,6 +131,14 @@ class WorkerSettings(ProcessSettings, VaultSettings, StoreSettings):
     provider_connect_timeout_s: float = Field(default=10.0, gt=0)
     provider_read_timeout_s: float = Field(default=600.0, gt=0)
     provider_max_connections: int = Field(default=1000, ge=1)
+    # What one provider endpoint may cost the worker. The response cap stays well under RabbitMQ's default
+    # max_message_size (16 MiB since 4.0), so a result carrying the answer can still be published.
+    provider_max_response_bytes: int = Field(
+        default=PROVIDER_MAX_RESPONSE_BYTES, ge=1024, description="a provider's answer, decoded, is refused above this"
+    )
+    provider_call_timeout_s: float = Field(
+        default=300.0, gt=0, description="one provider call, request to last byte (the job's deadline may cut it)"
+    )
     max_attempts: int = Field(default=4, ge=1, le=50)
     retry_base_delay_s: float = Field(default=1.0, gt=0)
     retry_max_delay_s: float = Field(default=300.0, gt=0)

@@ -97,6 +97,7 @@ class Stack:
             vault_addr=self.vault.addr,
             vault_token=SecretStr(self.vault.root_token),
             store_url=f"sqlite:///{self.workdir / 'unused.db'}",
+            allowed_hosts=frozenset({"127.0.0.1"}),  # the simulators listen on loopback, refused unless listed
         )
 
     def _admin(self) -> KeyAdmin:

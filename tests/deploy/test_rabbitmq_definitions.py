@@ -181,7 +181,8 @@ def _settings(imported: Imported, vault: VaultServer, **overrides: Any) -> Setti
     values: dict[str, Any] = {
         "amqp_url": imported.url("worker"), "topology_prefix": "byok", "vault_addr": vault.addr,
         "vault_token": vault.root_token, "metrics_listen": "127.0.0.1:0", "shutdown_grace_s": 2,
-        "store_url": "sqlite:///:memory:", **overrides,
+        "store_url": "sqlite:///:memory:", "allowed_hosts": frozenset({"127.0.0.1"}),  # the simulator
+        **overrides,
     }
     return Settings(**values)
 

@@ -82,7 +82,7 @@ async def job_runner(settings: Settings) -> AsyncIterator[Rig]:
     )
     http = HttpClientPool(
         connect_timeout_s=settings.provider_connect_timeout_s, read_timeout_s=settings.provider_read_timeout_s,
-        max_connections=settings.provider_max_connections,
+        max_connections=settings.provider_max_connections, allowed_hosts=settings.allowed_hosts,
     )
     cache = UnsealCache(ttl_s=settings.unseal_cache_ttl_s, max_entries=settings.unseal_cache_size)
     try:
@@ -307,8 +307,8 @@ async def test_a_host_outside_allowed_hosts_is_refused_before_vault_and_provider
         assert rig.vault_calls() == 1
         assert len(simulator.ledger.requests()) == 2
 
-    # Control: without the list, the refused job goes through (it was the list that stopped it).
-    async with job_runner(settings.model_copy(update={"allowed_hosts": None})) as rig:
+    # Control: with 127.0.0.1 listed too, the refused job goes through (it was the list that stopped it).
+    async with job_runner(settings.model_copy(update={"allowed_hosts": allowed | {"127.0.0.1"}})) as rig:
         succeeded(await rig.run(job_body("no-list", workspace, openai_model(ip_url, sealed_ip))))
     assert {c.key_fingerprint for c in simulator.ledger.calls if c.protocol is Provider.OPENAI} == {
         key_fingerprint(key)

@@ -31,10 +31,10 @@ from schemas.models import (
     UsageEvent,
     storable,
 )
-from worker.failures import InvalidJob, JobFailure
+from worker.failures import InvalidJob, JobFailure, RetryableFailure
 from worker.jobs.metrics import WorkerMetrics
 from worker.jobs.retry import DelayQueue, GiveUp, RetryPolicy, WaitInline, decide
-from worker.keys.endpoint import Endpoint, EndpointError, binding_b64, check_destination
+from worker.keys.endpoint import Endpoint, EndpointError, binding_b64, check_destination, check_public
 from worker.keys.transit import TransitDecryptor
 from worker.keys.unseal_cache import UnsealCache
 from worker.providers import adapter_for
@@ -134,9 +134,12 @@ class JobRunner:
         http: HttpClientPool,
         cache: UnsealCache,
         metrics: WorkerMetrics,
+        call_timeout_s: float = 300.0,
     ) -> None:
         self._policy = policy
         self._allowed_hosts = allowed_hosts
+        self._call_timeout_s = call_timeout_s
+        """One provider call, request to last byte (``BYOK_PROVIDER_CALL_TIMEOUT_S``)."""
         self._decryptor = decryptor
         self._http = http
         self._cache = cache
@@ -197,6 +200,7 @@ class JobRunner:
         try:
             endpoint = Endpoint.resolve(job.model.provider, job.model.base_url)
             check_destination(endpoint, self._allowed_hosts, carries_key=adapter.needs_key)
+            check_public(endpoint, self._allowed_hosts)
         except EndpointError as exc:
             code = ErrorCode.KEY_UNAVAILABLE if adapter.needs_key else ErrorCode.INVALID_JOB
             raise JobFailure(code, str(exc)) from None
@@ -255,15 +259,33 @@ class JobRunner:
     ) -> ProviderReply:
         client = self._http.client_for(endpoint.base_url)
         secret = api_key.get_secret_value() if api_key is not None else None
-        remaining = None if job.deadline is None else (job.deadline - datetime.now(UTC)).total_seconds()
+        budget_s, deadline_bound = self._call_budget(job)
         started = time.perf_counter()
         try:
-            async with asyncio.timeout(None if remaining is None else max(remaining, 0.001)):
+            async with asyncio.timeout(budget_s):
                 return await call_provider(client, adapter, job, endpoint, secret)
         except TimeoutError:
-            raise JobFailure(ErrorCode.TIMEOUT, "the job's deadline passed during the provider call") from None
+            raise self._call_timed_out(deadline_bound) from None
         finally:
             self._metrics.provider_call(job.model.provider.value, time.perf_counter() - started)
+
+    def _call_budget(self, job: CompletionJob) -> tuple[float, bool]:
+        """How long one provider call may take, request to last byte (a slow endpoint trickling bytes must not
+        hold a slot read timeout after read timeout), and whether the job's deadline is what bounds it."""
+        limit_s = self._call_timeout_s
+        if job.deadline is None:
+            return limit_s, False
+        remaining_s = (job.deadline - datetime.now(UTC)).total_seconds()
+        return (max(remaining_s, 0.001), True) if remaining_s < limit_s else (limit_s, False)
+
+    def _call_timed_out(self, deadline_bound: bool) -> JobFailure:
+        if deadline_bound:
+            return JobFailure(ErrorCode.TIMEOUT, "the job's deadline passed during the provider call")
+        return RetryableFailure(
+            ErrorCode.TIMEOUT,
+            f"the provider call took longer than {self._call_timeout_s:g} s "
+            "(BYOK_PROVIDER_CALL_TIMEOUT_S)",
+        )
 
     def _succeeded(
         self, job: CompletionJob, reply: ProviderReply, attempts: int, started: float, call_started: float

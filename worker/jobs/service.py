@@ -85,12 +85,14 @@ class Worker:
             read_timeout_s=settings.provider_read_timeout_s,
             max_connections=settings.provider_max_connections,
             transport_factory=self._provider_transport,
+            allowed_hosts=settings.allowed_hosts, max_response_bytes=settings.provider_max_response_bytes,
         )
         self.health = HealthServer(settings.metrics_listen, HealthState(self._connected, self._consuming),
                                    self.metrics)
         await self.health.start()
         runner = JobRunner(RetryPolicy.from_settings(settings), allowed_hosts=settings.allowed_hosts,
-                           decryptor=decryptor, http=http, cache=self.cache, metrics=self.metrics)
+                           decryptor=decryptor, http=http, cache=self.cache, metrics=self.metrics,
+                           call_timeout_s=settings.provider_call_timeout_s)
         try:
             await self.broker.run(stop, functools.partial(self._consume, runner), self._lost)
         finally:

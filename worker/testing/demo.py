@@ -151,6 +151,7 @@ def drive(stack: Stack, real_key: str | None, sim_port: int) -> int:
         stack.spawn("simulator", "simulate-provider", "--port", str(sim_port), "--latency-ms", "150")
         wait_for_port("127.0.0.1", sim_port, 30)
         base_url = f"http://127.0.0.1:{sim_port}/openai/v1"
+        stack.env["BYOK_ALLOWED_HOSTS"] = f"127.0.0.1:{sim_port}"  # the worker refuses loopback unless listed
     key = real_key or DEMO_KEY
     say("starting a worker and the aggregator")
     stack.spawn("worker", "worker")

@@ -57,7 +57,7 @@ def runner(provider: Ollama) -> JobRunner:
     http = HttpClientPool(connect_timeout_s=1, read_timeout_s=1, max_connections=4,
                           transport_factory=lambda: httpx.MockTransport(provider))
     # An Ollama job needs no key: the decryptor is never asked.
-    return JobRunner(policy, allowed_hosts=None, decryptor=None,  # type: ignore[arg-type]
+    return JobRunner(policy, allowed_hosts=frozenset({"127.0.0.1:11434"}), decryptor=None,  # Ollama's default  # type: ignore[arg-type]
                      http=http, cache=UnsealCache(ttl_s=1, max_entries=1), metrics=WorkerMetrics())
 
 

@@ -38,6 +38,10 @@ class Answers:
                                          "eval_count": 4, **self.bodies.pop(0)})
 
 
+# Ollama's default address is loopback: refused unless listed, like any private address.
+PROVIDER_HOSTS = frozenset({"api.openai.com", "api.anthropic.com", "api.mistral.ai", "127.0.0.1:11434"})
+
+
 async def run(spec: dict[str, Any], answers: Answers | None = None, provider: str = "ollama") -> CompletionResult:
     return (await outcome_of(spec, answers, provider)).result
 
@@ -51,7 +55,7 @@ async def outcome_of(spec: dict[str, Any], answers: Answers | None = None, provi
         model["sealed_key"] = "vault:v1:c2VhbGVk"
     body = orjson.dumps({"job_id": "j-1", "workspace_id": "ws", "model": model, "input": spec})
     # Nothing here needs a key: the decryptor is never asked.
-    runner = JobRunner(RetryPolicy.from_settings(Settings()), allowed_hosts=None, decryptor=None,  # type: ignore[arg-type]
+    runner = JobRunner(RetryPolicy.from_settings(Settings()), allowed_hosts=PROVIDER_HOSTS, decryptor=None,  # type: ignore[arg-type]
                        http=http, cache=UnsealCache(ttl_s=1, max_entries=1),
                        metrics=WorkerMetrics())
     outcome = await runner.run(Delivery(body=body))
