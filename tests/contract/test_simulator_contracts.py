@@ -25,8 +25,23 @@ from tests.contract.specs import (
     openapi_validator,
     unknown_keys,
 )
+from tests.contract.test_request_contracts import CHECKS as REQUEST_CHECKS
+from tests.unit.test_simulator_tools import (
+    EXTRACTION,
+    IMAGE_B64,
+    ORDER,
+    WEATHER,
+    choice_field,
+    format_field,
+    native_body,
+    send,
+    served_calls,
+    tool_round,
+    tools_field,
+    user_message,
+)
 from worker.providers import ADAPTERS
-from worker.testing.simulator import BEHAVIOR_HEADER, ProviderSimulator
+from worker.testing.simulator import BEHAVIOR_HEADER, ProviderSimulator, ServedToolCall
 
 ANTHROPIC_MESSAGE: TypeAdapter[Any] = TypeAdapter(anthropic_types.Message)
 ANTHROPIC_ERROR: TypeAdapter[Any] = TypeAdapter(anthropic_types.ErrorResponse)
@@ -127,6 +142,69 @@ async def test_simulator_errors_follow_the_contract(sim: ProviderSimulator, beha
     ANTHROPIC_ERROR.validate_python(body, strict=True)
     _, body = await exchange(sim, Provider.OLLAMA, "minimal", behavior)
     assert isinstance(body["error"], str)  # Ollama's API: {"error": "<message>"}
+
+
+# A request in the protocol's own shape (itself checked against the provider's request definition), and
+# whether its answer carries tool calls. Each provider's ids: Mistral's are nine alphanumerics.
+_CALL_IDS = {Provider.OPENAI: "call_abc123", Provider.MISTRAL: "abc123XYZ", Provider.ANTHROPIC: "toolu_abc123",
+             Provider.OLLAMA: None}
+
+
+def _tool_result_round(provider: Provider) -> dict[str, Any]:
+    call = ServedToolCall(id=_CALL_IDS[provider], name="get_weather", arguments={"city": "Paris", "unit": "celsius"})
+    messages = [user_message(provider, "use get_weather"), *tool_round(provider, call, '{"temperature_c": 18}')]
+    return native_body(provider, messages, tools=tools_field(provider, [WEATHER]))
+
+
+FEATURE_REQUESTS: dict[str, Any] = {
+    "one tool call": lambda p: native_body(p, [user_message(p, "use get_weather")],
+                                           tools=tools_field(p, [WEATHER, ORDER])),
+    "two tool calls": lambda p: native_body(p, [user_message(p, "get_weather and lookup_order")],
+                                            tools=tools_field(p, [WEATHER, ORDER])),
+    "tool offered, not called": lambda p: native_body(p, [user_message(p, "hello")], tools=tools_field(p, [WEATHER])),
+    "forced tool": lambda p: native_body(p, [user_message(p, "hello")], tools=tools_field(p, [WEATHER, ORDER]),
+                                         **choice_field(p, "lookup_order")),
+    "after a tool result": _tool_result_round,
+    "json schema": lambda p: native_body(p, [user_message(p, "extract")], **format_field(p, EXTRACTION)),
+    "inline image": lambda p: native_body(p, [user_message(p, "describe", image_b64=IMAGE_B64)]),
+}
+
+
+def check_request(provider: Provider, body: dict[str, Any]) -> None:
+    """The request against the provider's own definition. Ollama's SDK holds an image as an ``Image`` whose
+    wire form is the base64 text: each image must serialise back to exactly what is sent."""
+    if provider is Provider.OLLAMA:
+        messages = []
+        for message in body["messages"]:
+            images = [ollama_types.Image(value=data) for data in message.get("images", [])]
+            assert [image.model_dump() for image in images] == message.get("images", [])
+            messages.append({**message, "images": images} if images else message)
+        body = {**body, "messages": messages}
+    REQUEST_CHECKS[provider](body)
+
+
+FEATURE_CASES = [(provider, feature) for provider in Provider for feature in FEATURE_REQUESTS
+                 if (provider, feature) != (Provider.OLLAMA, "forced tool")]  # Ollama has no tool choice
+
+
+@pytest.mark.parametrize(("provider", "feature"), FEATURE_CASES)
+@pytest.mark.parametrize("behavior", ["ok", "cached"])
+async def test_tool_structured_and_image_answers_follow_the_contract(
+    sim: ProviderSimulator, provider: Provider, feature: str, behavior: str
+) -> None:
+    request = FEATURE_REQUESTS[feature](provider)
+    check_request(provider, request)  # the simulator is fed what the provider itself accepts
+    async with httpx.AsyncClient(timeout=10) as client:
+        response = await send(client, sim, provider, request, **{BEHAVIOR_HEADER: behavior})
+    body = response.json()
+    assert response.status_code == 200, body
+    CHECKS[provider](body)
+    [call] = sim.ledger.calls
+    assert [(i, n, a) for i, n, a in served_calls(provider, body)] == [
+        (c.id, c.name, c.arguments) for c in call.tool_calls]
+    assert bool(call.tool_calls) == (feature in ("one tool call", "two tool calls", "forced tool"))
+    reply = ADAPTERS[provider].parse_response(body)
+    assert reply.usage == call.usage, "the adapter reads exactly what the simulator billed"
 
 
 def test_the_response_checks_can_fail() -> None:
