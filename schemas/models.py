@@ -18,9 +18,22 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    Strict,
     StringConstraints,
     field_validator,
     model_validator,
+)
+
+from schemas.conversation import (
+    MAX_TOOLS,
+    ChatMessage,
+    ResponseFormat,
+    Tool,
+    ToolCall,
+    ToolChoice,
+    check_response_tool,
+    check_tool_pairing,
+    check_tools,
 )
 
 JOB_SCHEMA: Final = "byok.completion_job.v1"
@@ -97,18 +110,26 @@ class ModelRef(_Message):
         return self
 
 
-class ChatMessage(_Message):
-    role: Literal["user", "assistant"]
-    content: str
-
-
 class CompletionInput(_Message):
+    # Numbers are Strict: JSON's true or "100" is not an integer, as the published JSON Schema says
+    # (a strict float still takes an integer, as JSON Schema's number does).
     system: str | None = None
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
-    max_tokens: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
-    temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
-    top_p: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
+    max_tokens: Annotated[int, Strict(), Field(ge=1, le=1_000_000)] | None = None
+    temperature: Annotated[float, Strict(), Field(ge=0.0, le=2.0)] | None = None
+    top_p: Annotated[float, Strict(), Field(gt=0.0, le=1.0)] | None = None
     stop: Annotated[list[Annotated[str, StringConstraints(min_length=1)]], Field(max_length=4)] | None = None
+    # -- tools, structured output (schemas/conversation.py)
+    tools: Annotated[list[Tool], Field(max_length=MAX_TOOLS)] | None = None
+    tool_choice: ToolChoice | None = None
+    response_format: ResponseFormat | None = None
+
+    @model_validator(mode="after")
+    def _conversation(self) -> CompletionInput:
+        check_tools(self.tools, self.tool_choice)
+        check_response_tool(self.tools, self.response_format)
+        check_tool_pairing(self.messages)
+        return self
 
 
 class CompletionJob(_Message):
@@ -151,7 +172,16 @@ class TokenCounts(_Message):
 
 class Output(_Message):
     text: str
-    finish_reason: str | None = None
+    finish_reason: str | None = Field(
+        default=None,
+        description="normalised: stop | length | tool_calls | content_filter | other (tool_calls whenever "
+        "tool_calls is not empty)",
+    )
+    provider_finish_reason: str | None = Field(default=None, description="the provider's own value")
+    tool_calls: list[ToolCall] = Field(default_factory=list)
+    parsed: dict[str, Any] | None = Field(
+        default=None, description="the structured answer, when the job asked for a response_format"
+    )
 
 
 class ResultError(_Message):

@@ -180,7 +180,8 @@ def test_text_and_finish_reason() -> None:
                                  {"type": "text", "text": "a"}, {"type": "text", "text": "b"}]
     anthropic_body["stop_reason"] = "max_tokens"
     reply = ADAPTERS[Provider.ANTHROPIC].parse_response(anthropic_body)
-    assert (reply.text, reply.finish_reason) == ("ab", "max_tokens")
+    # finish_reason is normalised (#14); the provider's own value is kept beside it.
+    assert (reply.text, reply.finish_reason, reply.provider_finish_reason) == ("ab", "length", "max_tokens")
 
 
 @pytest.mark.parametrize(

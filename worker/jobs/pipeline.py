@@ -298,7 +298,10 @@ class JobRunner:
             status=Status.SUCCEEDED,
             provider=job.model.provider,
             model=job.model.name,
-            output=Output(text=reply.text, finish_reason=reply.finish_reason),
+            output=Output(
+                text=reply.text, finish_reason=reply.finish_reason, provider_finish_reason=reply.provider_finish_reason,
+                tool_calls=list(reply.tool_calls), parsed=reply.parsed,
+            ),
             usage=reply.usage,
             attempts=attempts,
             latency_ms=latency_ms,

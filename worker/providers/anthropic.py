@@ -4,17 +4,28 @@ The job's ``temperature`` and ``top_p`` are not sent: Anthropic deprecated the s
 (current models answer 400 "`temperature` is deprecated for this model") and the official SDK's
 ``MessageCreateParams`` no longer declare them, so a request carrying them would break on new models
 and fail the contract tests.
+
+Tools, images and structured output: ``worker.providers.anthropic_tools``.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from schemas.conversation import response_name
 from schemas.models import CompletionJob, Provider, TokenCounts
 from worker.failures import InvalidJob
 from worker.keys.endpoint import Endpoint
+from worker.providers.anthropic_tools import anthropic_messages, anthropic_tools
 from worker.providers.base import ProviderReply, ProviderRequest
 from worker.providers.common import classify_status, count, error_body, mentions
+from worker.providers.tool_mapping import (
+    ANTHROPIC_FINISH,
+    normalised_finish,
+    parse_arguments,
+    structured_answer,
+    tool_call,
+)
 
 API_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 4096
@@ -36,13 +47,15 @@ def anthropic_usage(raw: dict[str, Any]) -> TokenCounts:
     )
 
 
-def _text(content: Any) -> str:
-    if not isinstance(content, list):
-        raise ValueError("response has no content list")
+def _text(content: list[Any]) -> str:
     return "".join(
         block["text"] for block in content
         if isinstance(block, dict) and block.get("type") == "text" and isinstance(block.get("text"), str)
     )
+
+
+def _tool_uses(content: list[Any]) -> list[dict[str, Any]]:
+    return [block for block in content if isinstance(block, dict) and block.get("type") == "tool_use"]
 
 
 class AnthropicAdapter:
@@ -56,23 +69,44 @@ class AnthropicAdapter:
         body: dict[str, Any] = {
             "model": job.model.name,
             "max_tokens": spec.max_tokens or DEFAULT_MAX_TOKENS,
-            "messages": [{"role": m.role, "content": m.content} for m in spec.messages],
+            "messages": anthropic_messages(spec.messages),
         }
         if spec.system:
             body["system"] = spec.system
         if spec.stop:
             body["stop_sequences"] = list(spec.stop)
+        body.update(anthropic_tools(spec))
         headers = {"x-api-key": api_key, "anthropic-version": API_VERSION, "content-type": "application/json"}
         return ProviderRequest(path="/v1/messages", headers=headers, body=body)
 
-    def parse_response(self, body: dict[str, Any]) -> ProviderReply:
+    def parse_response(self, body: dict[str, Any], job: CompletionJob | None = None) -> ProviderReply:
+        content = body.get("content")
+        if not isinstance(content, list):
+            raise ValueError("response has no content list")
         raw_usage = body.get("usage") if isinstance(body.get("usage"), dict) else None
-        stop_reason = body.get("stop_reason")
+        raw_stop = body.get("stop_reason")
+        stop_reason = raw_stop if isinstance(raw_stop, str) else None
+        format_ = job.input.response_format if job is not None else None
+        answer_tool = response_name(format_) if format_ is not None else None
+        uses = _tool_uses(content)
+        answer = [use for use in uses if use.get("name") == answer_tool]
+        calls = tuple(tool_call(use.get("id"), use.get("name"), use.get("input")) for use in uses
+                      if use.get("name") != answer_tool)
+        text = _text(content)
+        finish = normalised_finish(stop_reason, ANTHROPIC_FINISH, calls)
+        if answer and not calls:
+            parsed: dict[str, Any] | None = parse_arguments(answer[0]["name"], answer[0].get("input"))
+        else:
+            # A compatible server that answered in text (no forced tool): the text must be the JSON.
+            parsed = structured_answer(job, text, finish, calls)
         return ProviderReply(
-            text=_text(body.get("content")),
-            finish_reason=stop_reason if isinstance(stop_reason, str) else None,
+            text=text,
+            finish_reason=finish,
             usage=anthropic_usage(raw_usage) if raw_usage is not None else None,
             raw_usage=raw_usage,
+            provider_finish_reason=stop_reason,
+            tool_calls=calls,
+            parsed=parsed,
         )
 
     def classify_error(self, status: int, headers: dict[str, str], body: bytes) -> Exception:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from schemas.conversation import ToolCall
 from schemas.models import CompletionJob, Provider, TokenCounts
 from worker.keys.endpoint import Endpoint
 
@@ -22,11 +23,23 @@ class ProviderRequest:
 
 @dataclass(frozen=True, slots=True)
 class ProviderReply:
+    """What a provider answered, in the result's terms. Plain values: a scrub over a reply rebuilds it with
+    ``dataclasses.replace`` (text; and each tool call's arguments, with ``ToolCall.model_copy``)."""
+
     text: str
     finish_reason: str | None
+    """Normalised: stop | length | tool_calls | content_filter | other (``tool_calls`` exactly when
+    ``tool_calls`` is not empty); None when the provider gave none."""
     usage: TokenCounts | None
     """None when the response carried no usage: unknown, never silently zero."""
     raw_usage: dict[str, Any] | None = field(default=None)
+    provider_finish_reason: str | None = None
+    """The provider's own finish value, as it sent it."""
+    tool_calls: tuple[ToolCall, ...] = ()
+    """The calls the model made, arguments parsed into JSON objects; ids made by the worker where the
+    protocol has none (Ollama)."""
+    parsed: dict[str, Any] | None = None
+    """The structured answer, when the job asked for a ``response_format`` and the model gave it."""
 
 
 class ProviderAdapter(Protocol):
@@ -37,7 +50,11 @@ class ProviderAdapter(Protocol):
         self, job: CompletionJob, endpoint: Endpoint, api_key: str | None
     ) -> ProviderRequest: ...
 
-    def parse_response(self, body: dict[str, Any]) -> ProviderReply: ...
+    def parse_response(self, body: dict[str, Any], job: CompletionJob | None = None) -> ProviderReply:
+        """The reply; ``job`` tells how a structured answer is read (without it, none is parsed).
+
+        Raises ``ValueError`` for an answer that cannot be used (``provider_error``)."""
+        ...
 
     def classify_error(self, status: int, headers: dict[str, str], body: bytes) -> Exception:
         """Return (not raise) a ``JobFailure`` or ``RetryableFailure`` for a non-2xx response."""

@@ -44,7 +44,7 @@ async def call_provider(
         body = orjson.loads(response.content)
         if not isinstance(body, dict):
             raise ValueError("not an object")
-        return adapter.parse_response(body)
+        return adapter.parse_response(body, job)
     except (orjson.JSONDecodeError, ValueError, TypeError, KeyError) as exc:
         raise JobFailure(
             ErrorCode.PROVIDER_ERROR, f"unreadable provider response ({exc})", provider_status=response.status_code

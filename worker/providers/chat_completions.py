@@ -1,14 +1,34 @@
-"""What the OpenAI-style chat-completions protocols share (OpenAI, Mistral, and Ollama's messages):
-the message list, the sampling options, the response and its usage."""
+"""What the OpenAI-style chat-completions protocols share (OpenAI and Mistral): the message list with
+content parts, tool calls and tool results, the tools and response format, the sampling options, the
+response with its tool calls and structured answer, and its usage."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from schemas.conversation import (
+    AssistantMessage,
+    ImagePart,
+    JsonSchemaFormat,
+    TextPart,
+    Tool,
+    ToolChoiceName,
+    ToolMessage,
+    UserMessage,
+)
 from schemas.models import CompletionJob, TokenCounts
 from worker.providers.base import ProviderReply
 from worker.providers.common import count
+from worker.providers.tool_mapping import (
+    CHAT_COMPLETIONS_FINISH,
+    arguments_json,
+    data_url,
+    function_tool_calls,
+    normalised_finish,
+    refuse,
+    structured_answer,
+)
 
 
 def openai_usage(raw: dict[str, Any]) -> TokenCounts:
@@ -36,10 +56,66 @@ def _details(raw: dict[str, Any], name: str) -> dict[str, Any]:
     return details if isinstance(details, dict) else {}
 
 
-def chat_messages(job: CompletionJob) -> list[dict[str, str]]:
-    messages = [{"role": "system", "content": job.input.system}] if job.input.system else []
-    messages.extend({"role": m.role, "content": m.content} for m in job.input.messages)
+def chat_messages(job: CompletionJob, provider: str) -> list[dict[str, Any]]:
+    messages: list[dict[str, Any]] = [{"role": "system", "content": job.input.system}] if job.input.system else []
+    messages.extend(_chat_message(message, provider) for message in job.input.messages)
     return messages
+
+
+def _chat_message(message: UserMessage | AssistantMessage | ToolMessage, provider: str) -> dict[str, Any]:
+    if isinstance(message, UserMessage):
+        return {"role": "user", "content": _content(message.content)}
+    if isinstance(message, ToolMessage):
+        if not isinstance(message.content, str) and any(isinstance(p, ImagePart) for p in message.content):
+            raise refuse(provider, f"an image in a tool message (tool_call_id {message.tool_call_id!r}): "
+                                   "its tool results take text only")
+        return {"role": "tool", "tool_call_id": message.tool_call_id, "content": _content(message.content)}
+    mapped: dict[str, Any] = {
+        "role": "assistant", "content": None if message.content is None else _content(message.content),
+    }
+    if message.tool_calls:
+        mapped["tool_calls"] = [
+            {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": arguments_json(call)}}
+            for call in message.tool_calls
+        ]
+    return mapped
+
+
+def _content(content: str | Sequence[TextPart | ImagePart]) -> str | list[dict[str, Any]]:
+    if isinstance(content, str):
+        return content
+    return [
+        {"type": "text", "text": part.text} if isinstance(part, TextPart)
+        else {"type": "image_url", "image_url": {"url": data_url(part)}}
+        for part in content
+    ]
+
+
+def tool_options(job: CompletionJob) -> dict[str, Any]:
+    """``tools``, ``tool_choice`` (only with tools) and ``response_format``, as OpenAI and Mistral name them."""
+    spec = job.input
+    options: dict[str, Any] = {}
+    if spec.tools:
+        options["tools"] = [{"type": "function", "function": _function(tool)} for tool in spec.tools]
+        if isinstance(spec.tool_choice, ToolChoiceName):
+            options["tool_choice"] = {"type": "function", "function": {"name": spec.tool_choice.name}}
+        elif spec.tool_choice is not None:
+            options["tool_choice"] = spec.tool_choice
+    if isinstance(spec.response_format, JsonSchemaFormat):
+        schema: dict[str, Any] = {"name": spec.response_format.name, "schema": spec.response_format.schema_}
+        if spec.response_format.strict is not None:
+            schema["strict"] = spec.response_format.strict
+        options["response_format"] = {"type": "json_schema", "json_schema": schema}
+    elif spec.response_format is not None:
+        options["response_format"] = {"type": "json_object"}
+    return options
+
+
+def _function(tool: Tool) -> dict[str, Any]:
+    function: dict[str, Any] = {"name": tool.name, "parameters": tool.parameters}
+    if tool.description is not None:
+        function["description"] = tool.description
+    return function
 
 
 def sampling_options(job: CompletionJob) -> dict[str, Any]:
@@ -68,16 +144,31 @@ def message_text(content: Any) -> str:
     return ""
 
 
-def parse_chat_completion(body: dict[str, Any], usage_of: UsageMapper = openai_usage) -> ProviderReply:
+def parse_chat_completion(
+    body: dict[str, Any], usage_of: UsageMapper = openai_usage, job: CompletionJob | None = None
+) -> ProviderReply:
     choices = body.get("choices")
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
         raise ValueError("response has no choices")
     message = choices[0].get("message") or {}
-    finish = choices[0].get("finish_reason")
+    if not isinstance(message, dict):
+        raise ValueError("response has no message")
+    raw_finish = choices[0].get("finish_reason")
+    provider_finish = raw_finish if isinstance(raw_finish, str) else None
+    calls = function_tool_calls(message.get("tool_calls"))
+    text = message_text(message.get("content"))
+    finish = normalised_finish(provider_finish, CHAT_COMPLETIONS_FINISH, calls)
+    refusal = message.get("refusal")
+    if isinstance(refusal, str) and refusal and not calls:
+        text, finish = text or refusal, "content_filter"
     raw_usage = body.get("usage") if isinstance(body.get("usage"), dict) else None
     return ProviderReply(
-        text=message_text(message.get("content")) if isinstance(message, dict) else "",
-        finish_reason=finish if isinstance(finish, str) else None,
+        text=text,
+        finish_reason=finish,
         usage=usage_of(raw_usage) if raw_usage is not None else None,
         raw_usage=raw_usage,
+        provider_finish_reason=provider_finish,
+        tool_calls=calls,
+        parsed=structured_answer(job, text, finish, calls),
     )
+

@@ -8,7 +8,13 @@ from schemas.models import CompletionJob, Provider, TokenCounts
 from worker.failures import InvalidJob
 from worker.keys.endpoint import Endpoint
 from worker.providers.base import ProviderReply, ProviderRequest
-from worker.providers.chat_completions import chat_messages, openai_usage, parse_chat_completion, sampling_options
+from worker.providers.chat_completions import (
+    chat_messages,
+    openai_usage,
+    parse_chat_completion,
+    sampling_options,
+    tool_options,
+)
 from worker.providers.common import classify_status, count, error_body, mentions
 
 MAX_TEMPERATURE = 1.5
@@ -39,15 +45,16 @@ class MistralAdapter:
             raise InvalidJob("mistral needs a sealed_key")
         if job.input.temperature is not None and job.input.temperature > MAX_TEMPERATURE:
             raise InvalidJob(f"mistral accepts a temperature of at most {MAX_TEMPERATURE}")
-        body: dict[str, Any] = {"model": job.model.name, "messages": chat_messages(job)}
+        body: dict[str, Any] = {"model": job.model.name, "messages": chat_messages(job, self.provider.value)}
         body.update(sampling_options(job))
+        body.update(tool_options(job))
         if job.input.max_tokens is not None:
             body["max_tokens"] = job.input.max_tokens
         headers = {"authorization": f"Bearer {api_key}", "content-type": "application/json"}
         return ProviderRequest(path="/v1/chat/completions", headers=headers, body=body)
 
-    def parse_response(self, body: dict[str, Any]) -> ProviderReply:
-        return parse_chat_completion(body, mistral_usage)
+    def parse_response(self, body: dict[str, Any], job: CompletionJob | None = None) -> ProviderReply:
+        return parse_chat_completion(body, mistral_usage, job)
 
     def classify_error(self, status: int, headers: dict[str, str], body: bytes) -> Exception:
         parsed = error_body(body)

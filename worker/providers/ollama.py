@@ -1,4 +1,7 @@
-"""Ollama chat (``POST {base_url}/api/chat``, no key, ``stream: false``)."""
+"""Ollama chat (``POST {base_url}/api/chat``, no key, ``stream: false``).
+
+Tools, images and structured output: ``worker.providers.ollama_tools``.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +10,9 @@ from typing import Any
 from schemas.models import CompletionJob, Provider, TokenCounts
 from worker.keys.endpoint import Endpoint
 from worker.providers.base import ProviderReply, ProviderRequest
-from worker.providers.chat_completions import chat_messages
 from worker.providers.common import classify_status, count, error_body, mentions
+from worker.providers.ollama_tools import ollama_messages, ollama_tool_options
+from worker.providers.tool_mapping import OLLAMA_FINISH, function_tool_calls, normalised_finish, structured_answer
 
 COUNTERS = (
     "prompt_eval_count", "eval_count",
@@ -42,7 +46,8 @@ class OllamaAdapter:
     needs_key = False
 
     def build_request(self, job: CompletionJob, endpoint: Endpoint, api_key: str | None) -> ProviderRequest:
-        body: dict[str, Any] = {"model": job.model.name, "messages": chat_messages(job), "stream": False}
+        body: dict[str, Any] = {"model": job.model.name, "messages": ollama_messages(job), "stream": False}
+        body.update(ollama_tool_options(job))
         options = ollama_options(job)
         if options:
             body["options"] = options
@@ -52,22 +57,30 @@ class OllamaAdapter:
             headers["authorization"] = f"Bearer {api_key}"
         return ProviderRequest(path="/api/chat", headers=headers, body=body)
 
-    def parse_response(self, body: dict[str, Any]) -> ProviderReply:
+    def parse_response(self, body: dict[str, Any], job: CompletionJob | None = None) -> ProviderReply:
         message = body.get("message")
         if not isinstance(message, dict):
             raise ValueError("response has no message")
         content = message.get("content")
-        done_reason = body.get("done_reason")
+        text = content if isinstance(content, str) else ""
+        raw_done = body.get("done_reason")
+        done_reason = raw_done if isinstance(raw_done, str) else None
+        calls = function_tool_calls(message.get("tool_calls"))
+        finish = normalised_finish(done_reason, OLLAMA_FINISH, calls)
         raw_usage = {name: body[name] for name in COUNTERS if name in body}
         reported = any(name in raw_usage for name in TOKEN_COUNTERS)
         return ProviderReply(
-            text=content if isinstance(content, str) else "",
-            finish_reason=done_reason if isinstance(done_reason, str) else None,
+            text=text,
+            finish_reason=finish,
             usage=ollama_usage(raw_usage) if reported else None,
             raw_usage=raw_usage if reported else None,
+            provider_finish_reason=done_reason,
+            tool_calls=calls,
+            parsed=structured_answer(job, text, finish, calls),
         )
 
     def classify_error(self, status: int, headers: dict[str, str], body: bytes) -> Exception:
         error = error_body(body).get("error")
         quota = status == 429 and isinstance(error, str) and mentions(error, QUOTA_WORDS)
         return classify_status(status, headers, body, quota_exhausted=quota)
+

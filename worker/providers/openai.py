@@ -8,7 +8,7 @@ from schemas.models import CompletionJob, Provider
 from worker.failures import InvalidJob
 from worker.keys.endpoint import Endpoint
 from worker.providers.base import ProviderReply, ProviderRequest
-from worker.providers.chat_completions import chat_messages, parse_chat_completion, sampling_options
+from worker.providers.chat_completions import chat_messages, parse_chat_completion, sampling_options, tool_options
 from worker.providers.common import classify_status, error_body
 
 QUOTA_CODES = frozenset({"insufficient_quota", "billing_hard_limit_reached", "billing_not_active"})
@@ -21,8 +21,9 @@ class OpenAIAdapter:
     def build_request(self, job: CompletionJob, endpoint: Endpoint, api_key: str | None) -> ProviderRequest:
         if api_key is None:
             raise InvalidJob("openai needs a sealed_key")
-        body: dict[str, Any] = {"model": job.model.name, "messages": chat_messages(job)}
+        body: dict[str, Any] = {"model": job.model.name, "messages": chat_messages(job, self.provider.value)}
         body.update(sampling_options(job))
+        body.update(tool_options(job))
         if job.input.max_tokens is not None:
             # OpenAI itself deprecated max_tokens (reasoning models refuse it); compatible servers know max_tokens.
             field = "max_completion_tokens" if endpoint.host == "api.openai.com" else "max_tokens"
@@ -30,8 +31,8 @@ class OpenAIAdapter:
         headers = {"authorization": f"Bearer {api_key}", "content-type": "application/json"}
         return ProviderRequest(path="/chat/completions", headers=headers, body=body)
 
-    def parse_response(self, body: dict[str, Any]) -> ProviderReply:
-        return parse_chat_completion(body)
+    def parse_response(self, body: dict[str, Any], job: CompletionJob | None = None) -> ProviderReply:
+        return parse_chat_completion(body, job=job)
 
     def classify_error(self, status: int, headers: dict[str, str], body: bytes) -> Exception:
         error = error_body(body).get("error")
