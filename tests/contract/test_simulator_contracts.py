@@ -205,6 +205,11 @@ async def test_tool_structured_and_image_answers_follow_the_contract(
     assert bool(call.tool_calls) == (feature in ("one tool call", "two tool calls", "forced tool"))
     reply = ADAPTERS[provider].parse_response(body)
     assert reply.usage == call.usage, "the adapter reads exactly what the simulator billed"
+    # The adapter reads the calls the simulator served; Ollama's carry no id, so the worker made one.
+    assert [(c.name, c.arguments) for c in reply.tool_calls] == [(c.name, c.arguments) for c in call.tool_calls]
+    if provider is not Provider.OLLAMA:
+        assert [c.id for c in reply.tool_calls] == [c.id for c in call.tool_calls]
+    assert reply.finish_reason == ("tool_calls" if call.tool_calls else "stop")
 
 
 def test_the_response_checks_can_fail() -> None:
