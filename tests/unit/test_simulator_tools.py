@@ -151,9 +151,9 @@ def headers_for(provider: Provider) -> dict[str, str]:
     return {} if provider is Provider.OLLAMA else {"authorization": f"Bearer {KEY}"}
 
 
-async def send(client: httpx.AsyncClient, sim: ProviderSimulator, provider: Provider, body: dict[str, Any],
+async def send(client: httpx.AsyncClient, simulator: ProviderSimulator, provider: Provider, body: dict[str, Any],
                **headers: str) -> httpx.Response:
-    return await client.post(sim.base_url(provider) + PATHS[provider][1], json=body,
+    return await client.post(simulator.base_url(provider) + PATHS[provider][1], json=body,
                              headers={**headers_for(provider), **headers})
 
 
@@ -192,15 +192,7 @@ TOOL_FINISH = {Provider.OPENAI: "tool_calls", Provider.MISTRAL: "tool_calls", Pr
                Provider.OLLAMA: "stop"}
 
 
-# --------------------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture
-async def sim() -> AsyncIterator[ProviderSimulator]:
-    simulator = ProviderSimulator()
-    await simulator.start()
-    yield simulator
-    await simulator.stop()
+# ------------------------------------------------------- fixtures (``simulator``: tests/conftest.py)
 
 
 @pytest.fixture
@@ -260,16 +252,16 @@ def test_an_unresolvable_ref_is_refused() -> None:
 
 @pytest.mark.parametrize("provider", list(Provider))
 async def test_a_mentioned_tool_is_called_with_valid_arguments(
-    sim: ProviderSimulator, client: httpx.AsyncClient, provider: Provider
+    simulator: ProviderSimulator, client: httpx.AsyncClient, provider: Provider
 ) -> None:
     user = "what is the weather in Paris? use get_weather"
     body = native_body(provider, [user_message(provider, user)], tools=tools_field(provider, [WEATHER, ORDER]))
-    response = await send(client, sim, provider, body)
+    response = await send(client, simulator, provider, body)
     assert response.status_code == 200, response.text
     [(call_id, name, arguments)] = served_calls(provider, response.json())
     assert (name, arguments) == ("get_weather", WEATHER_ARGS)
     assert finish_of(provider, response.json()) == TOOL_FINISH[provider]
-    [ledger] = sim.ledger.calls
+    [ledger] = simulator.ledger.calls
     assert ledger.tool_calls == (ServedToolCall(id=call_id, name=name, arguments=arguments),)
     assert ledger.text == ""
     if provider is Provider.OLLAMA:
@@ -287,11 +279,11 @@ async def test_a_mentioned_tool_is_called_with_valid_arguments(
 
 @pytest.mark.parametrize("provider", list(Provider))
 async def test_every_mentioned_tool_is_called_in_the_order_offered(
-    sim: ProviderSimulator, client: httpx.AsyncClient, provider: Provider
+    simulator: ProviderSimulator, client: httpx.AsyncClient, provider: Provider
 ) -> None:
     body = native_body(provider, [user_message(provider, "lookup_order A-1, then GET_WEATHER")],
                        tools=tools_field(provider, [WEATHER, ORDER]))
-    response = await send(client, sim, provider, body)
+    response = await send(client, simulator, provider, body)
     calls = served_calls(provider, response.json())
     assert [name for _, name, _ in calls] == ["get_weather", "lookup_order"]
     assert calls[1][2] == {"order_id": "sim"}
@@ -300,12 +292,12 @@ async def test_every_mentioned_tool_is_called_in_the_order_offered(
 
 
 @pytest.mark.parametrize("provider", list(Provider))
-async def test_no_mention_no_call(sim: ProviderSimulator, client: httpx.AsyncClient, provider: Provider) -> None:
+async def test_no_mention_no_call(simulator: ProviderSimulator, client: httpx.AsyncClient, provider: Provider) -> None:
     body = native_body(provider, [user_message(provider, "hello there")], tools=tools_field(provider, [WEATHER]))
-    response = await send(client, sim, provider, body)
+    response = await send(client, simulator, provider, body)
     assert served_calls(provider, response.json()) == []
     assert served_text(provider, response.json()) == "sim: hello there"
-    assert sim.ledger.calls[0].tool_calls == ()
+    assert simulator.ledger.calls[0].tool_calls == ()
 
 
 @pytest.mark.parametrize("provider", [Provider.OPENAI, Provider.MISTRAL, Provider.ANTHROPIC])
@@ -315,12 +307,12 @@ async def test_no_mention_no_call(sim: ProviderSimulator, client: httpx.AsyncCli
     ("lookup_order", ["lookup_order"], "stop"),  # OpenAI finishes a call forced by name with "stop"
 ])
 async def test_tool_choice(
-    sim: ProviderSimulator, client: httpx.AsyncClient, provider: Provider, choice: str, called: list[str],
+    simulator: ProviderSimulator, client: httpx.AsyncClient, provider: Provider, choice: str, called: list[str],
     openai_finish: str,
 ) -> None:
     body = native_body(provider, [user_message(provider, "no tool named here")],
                        tools=tools_field(provider, [WEATHER, ORDER]), **choice_field(provider, choice))
-    response = await send(client, sim, provider, body)
+    response = await send(client, simulator, provider, body)
     assert response.status_code == 200, response.text
     assert [name for _, name, _ in served_calls(provider, response.json())] == called
     finish = finish_of(provider, response.json())
@@ -332,34 +324,34 @@ async def test_tool_choice(
 
 @pytest.mark.parametrize("provider", [Provider.OPENAI, Provider.MISTRAL, Provider.ANTHROPIC])
 async def test_a_forced_tool_that_is_not_offered_is_a_400(
-    sim: ProviderSimulator, client: httpx.AsyncClient, provider: Provider
+    simulator: ProviderSimulator, client: httpx.AsyncClient, provider: Provider
 ) -> None:
     body = native_body(provider, [user_message(provider, "hi")], tools=tools_field(provider, [WEATHER]),
                        **choice_field(provider, "missing_tool"))
-    response = await send(client, sim, provider, body)
+    response = await send(client, simulator, provider, body)
     assert response.status_code in (400, 422)
     assert "missing_tool" in response.text
 
 
 @pytest.mark.parametrize("provider", list(Provider))
 async def test_the_answer_after_a_tool_result_uses_it(
-    sim: ProviderSimulator, client: httpx.AsyncClient, provider: Provider
+    simulator: ProviderSimulator, client: httpx.AsyncClient, provider: Provider
 ) -> None:
     user = "weather in Paris? use get_weather"
     tools = tools_field(provider, [WEATHER])
-    first = await send(client, sim, provider, native_body(provider, [user_message(provider, user)], tools=tools))
-    [call] = sim.ledger.calls[0].tool_calls
+    first = await send(client, simulator, provider, native_body(provider, [user_message(provider, user)], tools=tools))
+    [call] = simulator.ledger.calls[0].tool_calls
     result = '{"temperature_c": 18, "sky": "clear"}'
     messages = [user_message(provider, user), *tool_round(provider, call, result)]
     if provider is Provider.OLLAMA:  # Ollama's tool message may omit the name: the call before it tells
         del messages[-1]["tool_name"]
-    second = await send(client, sim, provider, native_body(provider, messages, tools=tools))
+    second = await send(client, simulator, provider, native_body(provider, messages, tools=tools))
     assert first.status_code == second.status_code == 200, second.text
     body = second.json()
     assert served_calls(provider, body) == []
     assert served_text(provider, body) == f"sim: get_weather said {result}"
     assert finish_of(provider, body) == STOP[provider]
-    billed = sim.ledger.calls[1].usage
+    billed = simulator.ledger.calls[1].usage
     assert billed is not None
     sent_back = words(user) + words("get_weather " + json.dumps(WEATHER_ARGS)) + words(result)
     assert billed == TokenCounts(input_tokens=sent_back + tool_cost(WEATHER),
@@ -371,38 +363,38 @@ async def test_the_answer_after_a_tool_result_uses_it(
 
 @pytest.mark.parametrize("provider", list(Provider))
 async def test_a_schema_gets_a_valid_json_answer(
-    sim: ProviderSimulator, client: httpx.AsyncClient, provider: Provider
+    simulator: ProviderSimulator, client: httpx.AsyncClient, provider: Provider
 ) -> None:
     body = native_body(provider, [user_message(provider, "Ada, 36, ada@example.com")],
                        **format_field(provider, EXTRACTION))
-    response = await send(client, sim, provider, body)
+    response = await send(client, simulator, provider, body)
     assert response.status_code == 200, response.text
     text = served_text(provider, response.json())
     assert json.loads(text) == EXTRACTED
     assert finish_of(provider, response.json()) == STOP[provider]
-    [ledger] = sim.ledger.calls
+    [ledger] = simulator.ledger.calls
     assert ledger.text == text
     assert ledger.usage is not None and ledger.usage.output_tokens == words(text)
 
 
 @pytest.mark.parametrize("provider", [Provider.OPENAI, Provider.MISTRAL, Provider.OLLAMA])
 async def test_json_mode_wraps_the_text_answer(
-    sim: ProviderSimulator, client: httpx.AsyncClient, provider: Provider
+    simulator: ProviderSimulator, client: httpx.AsyncClient, provider: Provider
 ) -> None:
     body = native_body(provider, [user_message(provider, "say hi")], **format_field(provider, None))
-    response = await send(client, sim, provider, body)
+    response = await send(client, simulator, provider, body)
     assert json.loads(served_text(provider, response.json())) == {"answer": "sim: say hi"}
 
 
 async def test_a_forced_anthropic_tool_carries_the_schema_value(
-    sim: ProviderSimulator, client: httpx.AsyncClient
+    simulator: ProviderSimulator, client: httpx.AsyncClient
 ) -> None:
     """The other way to get structured output from Anthropic: one tool, forced by name."""
     extractor = {"name": "record", "description": "Record the person", "parameters": EXTRACTION}
     body = native_body(Provider.ANTHROPIC, [user_message(Provider.ANTHROPIC, "Ada, 36")],
                        tools=tools_field(Provider.ANTHROPIC, [extractor]),
                        **choice_field(Provider.ANTHROPIC, "record"))
-    response = await send(client, sim, Provider.ANTHROPIC, body)
+    response = await send(client, simulator, Provider.ANTHROPIC, body)
     [(_, name, arguments)] = served_calls(Provider.ANTHROPIC, response.json())
     assert (name, arguments) == ("record", EXTRACTED)
 
@@ -412,36 +404,36 @@ async def test_a_forced_anthropic_tool_carries_the_schema_value(
 
 @pytest.mark.parametrize("provider", list(Provider))
 async def test_inline_images_cost_a_documented_count(
-    sim: ProviderSimulator, client: httpx.AsyncClient, provider: Provider
+    simulator: ProviderSimulator, client: httpx.AsyncClient, provider: Provider
 ) -> None:
     body = native_body(provider, [user_message(provider, "describe this picture", image_b64=IMAGE_B64)])
-    response = await send(client, sim, provider, body)
+    response = await send(client, simulator, provider, body)
     assert response.status_code == 200, response.text
     assert served_text(provider, response.json()) == "sim: describe this picture"
     per_image = IMAGE_BASE_TOKENS + len(IMAGE_BYTES) // IMAGE_BYTES_PER_TOKEN
     assert per_image == 95
-    [ledger] = sim.ledger.calls
+    [ledger] = simulator.ledger.calls
     assert (ledger.input_shape.images, ledger.input_shape.image_tokens) == (1, per_image)
     assert ledger.usage is not None and ledger.usage.input_tokens == 3 + per_image
 
 
 @pytest.mark.parametrize("provider", [Provider.OPENAI, Provider.MISTRAL, Provider.ANTHROPIC])
 async def test_an_image_by_url_is_not_fetched_and_costs_the_base(
-    sim: ProviderSimulator, client: httpx.AsyncClient, provider: Provider
+    simulator: ProviderSimulator, client: httpx.AsyncClient, provider: Provider
 ) -> None:
     body = native_body(provider, [user_message(provider, "look", image_url="https://example.invalid/cat.png")])
-    response = await send(client, sim, provider, body)
+    response = await send(client, simulator, provider, body)
     assert response.status_code == 200, response.text
-    assert sim.ledger.calls[0].input_shape.image_tokens == IMAGE_BASE_TOKENS
-    assert len(sim.ledger.requests()) == 1, "the simulator fetched nothing, not even from itself"
+    assert simulator.ledger.calls[0].input_shape.image_tokens == IMAGE_BASE_TOKENS
+    assert len(simulator.ledger.requests()) == 1, "the simulator fetched nothing, not even from itself"
 
 
 @pytest.mark.parametrize("provider", list(Provider))
 async def test_undecodable_image_data_is_a_400(
-    sim: ProviderSimulator, client: httpx.AsyncClient, provider: Provider
+    simulator: ProviderSimulator, client: httpx.AsyncClient, provider: Provider
 ) -> None:
     body = native_body(provider, [user_message(provider, "look", image_b64="not base64!")])
-    response = await send(client, sim, provider, body)
+    response = await send(client, simulator, provider, body)
     assert response.status_code in (400, 422)
     assert "base64" in response.text
-    assert sim.ledger.billed() == []
+    assert simulator.ledger.billed() == []
