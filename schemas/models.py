@@ -16,6 +16,7 @@ from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     Strict,
@@ -57,6 +58,18 @@ def _utc(value: datetime) -> datetime:
 
 
 UtcDatetime = Annotated[AwareDatetime, AfterValidator(_utc)]
+
+
+def _date_time_text(value: Any) -> Any:
+    """A job's times are JSON Schema ``date-time`` strings: pydantic alone would take a number of seconds."""
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str) or value.strip().replace(".", "", 1).lstrip("+-").isdigit():
+        raise ValueError("must be an ISO-8601 date-time string with a UTC offset")
+    return value
+
+
+JobDatetime = Annotated[UtcDatetime, BeforeValidator(_date_time_text)]
 
 
 class Provider(StrEnum):
@@ -142,7 +155,7 @@ class CompletionJob(_Message):
                     Field(max_length=MAX_TAGS)] = Field(default_factory=dict)
     model: ModelRef
     input: CompletionInput
-    deadline: UtcDatetime | None = None
+    deadline: JobDatetime | None = None
     metadata: dict[str, Any] | None = None
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)

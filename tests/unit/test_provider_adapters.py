@@ -297,3 +297,219 @@ async def test_what_each_adapter_sends_over_the_wire(provider: Provider) -> None
     assert str(request.url) == expected
     assert request.method == "POST"
     assert orjson.loads(request.content)["model"] == "some-model"
+
+
+# ------------------------------------------------------------- tools, images, structured output (#14)
+
+WEATHER_PARAMS = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+TOOL_LOOP: dict[str, Any] = {
+    "messages": [
+        {"role": "user", "content": [{"type": "text", "text": "Weather here?"},
+                                     {"type": "image", "media_type": "image/png", "data": "aGk="}]},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "name": "get_weather", "arguments": {"city": "Paris"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "18C"},
+    ],
+    "tools": [{"name": "get_weather", "description": "Weather now.", "parameters": WEATHER_PARAMS}],
+    "tool_choice": {"name": "get_weather"},
+}
+
+
+def test_openai_maps_tools_calls_results_and_images() -> None:
+    body = ADAPTERS[Provider.OPENAI].build_request(
+        make_job(Provider.OPENAI, **TOOL_LOOP), endpoint(Provider.OPENAI), KEY).body
+    assert body["messages"] == [
+        {"role": "user", "content": [{"type": "text", "text": "Weather here?"},
+                                     {"type": "image_url", "image_url": {"url": "data:image/png;base64,aGk="}}]},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function",
+             "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "18C"},
+    ]
+    assert body["tools"] == [{"type": "function", "function": {
+        "name": "get_weather", "description": "Weather now.", "parameters": WEATHER_PARAMS}}]
+    assert body["tool_choice"] == {"type": "function", "function": {"name": "get_weather"}}
+
+
+def test_anthropic_maps_tools_calls_results_and_images() -> None:
+    body = ADAPTERS[Provider.ANTHROPIC].build_request(
+        make_job(Provider.ANTHROPIC, **TOOL_LOOP), endpoint(Provider.ANTHROPIC), KEY).body
+    assert body["messages"] == [
+        {"role": "user", "content": [
+            {"type": "text", "text": "Weather here?"},
+            {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "aGk="}}]},
+        {"role": "assistant", "content": [
+            {"type": "tool_use", "id": "call_1", "name": "get_weather", "input": {"city": "Paris"}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "call_1", "content": "18C"}]},
+    ]
+    assert body["tools"] == [{"name": "get_weather", "description": "Weather now.", "input_schema": WEATHER_PARAMS}]
+    assert body["tool_choice"] == {"type": "tool", "name": "get_weather"}
+
+
+def test_ollama_maps_tools_calls_results_and_images() -> None:
+    loop = {**TOOL_LOOP, "tool_choice": "auto"}
+    body = ADAPTERS[Provider.OLLAMA].build_request(
+        make_job(Provider.OLLAMA, **loop), endpoint(Provider.OLLAMA), None).body
+    assert body["messages"] == [
+        {"role": "user", "content": "Weather here?", "images": ["aGk="]},
+        {"role": "assistant", "content": "", "tool_calls": [
+            {"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
+        {"role": "tool", "content": "18C", "tool_name": "get_weather"},
+    ]
+    assert body["tools"] == [{"type": "function", "function": {
+        "name": "get_weather", "parameters": WEATHER_PARAMS, "description": "Weather now."}}]
+    assert "tool_choice" not in body
+
+
+@pytest.mark.parametrize(("choice", "anthropic", "openai"), [
+    ("auto", {"type": "auto"}, "auto"), ("none", {"type": "none"}, "none"), ("required", {"type": "any"}, "required"),
+])
+def test_tool_choice_modes(choice: str, anthropic: dict[str, str], openai: str) -> None:
+    spec = {**TOOL_LOOP, "tool_choice": choice}
+    for provider, expected in ((Provider.ANTHROPIC, anthropic), (Provider.OPENAI, openai), (Provider.MISTRAL, openai)):
+        body = ADAPTERS[provider].build_request(make_job(provider, **spec), endpoint(provider), KEY).body
+        assert body["tool_choice"] == expected
+
+
+INVOICE = {"type": "object", "properties": {"total": {"type": "number"}}, "required": ["total"]}
+
+
+def test_response_formats() -> None:
+    schema_format = {"type": "json_schema", "name": "invoice", "schema": INVOICE, "strict": True}
+    for provider in (Provider.OPENAI, Provider.MISTRAL):
+        body = ADAPTERS[provider].build_request(
+            make_job(provider, response_format=schema_format), endpoint(provider), KEY).body
+        assert body["response_format"] == {"type": "json_schema",
+                                           "json_schema": {"name": "invoice", "schema": INVOICE, "strict": True}}
+        body = ADAPTERS[provider].build_request(
+            make_job(provider, response_format={"type": "json_object"}), endpoint(provider), KEY).body
+        assert body["response_format"] == {"type": "json_object"}
+    ollama = ADAPTERS[Provider.OLLAMA]
+    assert ollama.build_request(make_job(Provider.OLLAMA, response_format=schema_format),
+                                endpoint(Provider.OLLAMA), None).body["format"] == INVOICE
+    assert ollama.build_request(make_job(Provider.OLLAMA, response_format={"type": "json_object"}),
+                                endpoint(Provider.OLLAMA), None).body["format"] == "json"
+
+
+def test_anthropic_structured_output_is_a_forced_answer_tool() -> None:
+    anthropic = ADAPTERS[Provider.ANTHROPIC]
+    schema_format = {"type": "json_schema", "name": "invoice", "schema": INVOICE, "strict": True}
+    body = anthropic.build_request(make_job(Provider.ANTHROPIC, response_format=schema_format),
+                                   endpoint(Provider.ANTHROPIC), KEY).body
+    [tool] = body["tools"]
+    assert (tool["name"], tool["input_schema"], tool["strict"]) == ("invoice", INVOICE, True)
+    assert body["tool_choice"] == {"type": "tool", "name": "invoice"}
+    body = anthropic.build_request(make_job(Provider.ANTHROPIC, response_format={"type": "json_object"}),
+                                   endpoint(Provider.ANTHROPIC), KEY).body
+    assert [(t["name"], t["input_schema"]) for t in body["tools"]] == [("response", {"type": "object"})]
+    # An agent with its own tools may still call them: any tool, the answer tool among them.
+    agent = {**TOOL_LOOP, "tool_choice": "auto", "response_format": schema_format}
+    body = anthropic.build_request(make_job(Provider.ANTHROPIC, **agent), endpoint(Provider.ANTHROPIC), KEY).body
+    assert [t["name"] for t in body["tools"]] == ["get_weather", "invoice"]
+    assert body["tool_choice"] == {"type": "any"}
+    none = {**agent, "tool_choice": "none"}
+    body = anthropic.build_request(make_job(Provider.ANTHROPIC, **none), endpoint(Provider.ANTHROPIC), KEY).body
+    assert body["tool_choice"] == {"type": "tool", "name": "invoice"}
+
+
+@pytest.mark.parametrize(("provider", "spec", "reason"), [
+    (Provider.OLLAMA, {"messages": [{"role": "user", "content": [{"type": "image", "url": "https://x.test/a.png"}]}]},
+     "ollama cannot express an image by URL"),
+    (Provider.OLLAMA, {**TOOL_LOOP, "tool_choice": "required"}, "ollama cannot express tool_choice 'required'"),
+    (Provider.OLLAMA, TOOL_LOOP, "ollama cannot express tool_choice {'name': 'get_weather'}"),
+    (Provider.OPENAI, {**TOOL_LOOP, "messages": [*TOOL_LOOP["messages"][:2], {
+        "role": "tool", "tool_call_id": "call_1",
+        "content": [{"type": "image", "media_type": "image/png", "data": "aGk="}]}]},
+     "openai cannot express an image in a tool message"),
+    (Provider.ANTHROPIC, {**TOOL_LOOP, "messages": [
+        TOOL_LOOP["messages"][0],
+        {"role": "assistant", "tool_calls": [{"id": "call.1", "name": "get_weather", "arguments": {}}]},
+        {"role": "tool", "tool_call_id": "call.1", "content": "x"}]},
+     "anthropic cannot express the tool call id 'call.1'"),
+])
+def test_what_a_protocol_cannot_express_is_invalid_before_sending(
+    provider: Provider, spec: dict[str, Any], reason: str
+) -> None:
+    with pytest.raises(InvalidJob) as caught:
+        ADAPTERS[provider].build_request(make_job(provider, **spec), endpoint(provider), KEY)
+    assert caught.value.message.startswith(reason)
+
+
+def chat_answer(message: dict[str, Any], finish: str = "stop") -> dict[str, Any]:
+    return {"choices": [{"index": 0, "message": {"role": "assistant", **message}, "finish_reason": finish}]}
+
+
+BAD_ANSWERS: list[tuple[str, Provider, dict[str, Any], str]] = [
+    ("openai arguments not JSON", Provider.OPENAI, chat_answer({"content": None, "tool_calls": [
+        {"id": "c", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Par'}}]},
+        "tool_calls"), "arguments of tool call 'get_weather' are not valid JSON"),
+    ("mistral arguments a list", Provider.MISTRAL, chat_answer({"content": "", "tool_calls": [
+        {"id": "c", "function": {"name": "get_weather", "arguments": "[1, 2]"}}]}, "tool_calls"),
+     "arguments of tool call 'get_weather' are not a JSON object"),
+    ("anthropic input not an object", Provider.ANTHROPIC, {
+        "content": [{"type": "tool_use", "id": "t", "name": "get_weather", "input": "Paris"}],
+        "stop_reason": "tool_use"}, "arguments of tool call 'get_weather' are not a JSON object"),
+    ("ollama tool without a name", Provider.OLLAMA, {
+        "message": {"role": "assistant", "content": "", "tool_calls": [{"function": {"arguments": {}}}]},
+        "done": True}, "a tool call has no valid tool name"),
+]
+
+
+@pytest.mark.parametrize(("provider", "body", "reason"), [b[1:] for b in BAD_ANSWERS], ids=[b[0] for b in BAD_ANSWERS])
+async def test_unusable_tool_calls_fail_the_job_with_provider_error(
+    provider: Provider, body: dict[str, Any], reason: str
+) -> None:
+    with pytest.raises(JobFailure) as caught:
+        await call_with(provider, answer(200, body))
+    failure = caught.value
+    assert (failure.code, failure.retryable, failure.provider_status) == (ErrorCode.PROVIDER_ERROR, False, 200)
+    assert reason in failure.message
+
+
+STRUCTURED = {"type": "json_schema", "name": "invoice", "schema": INVOICE}
+
+
+@pytest.mark.parametrize(("provider", "body", "reason"), [
+    (Provider.OPENAI, chat_answer({"content": "Sure! The total is 3."}), "structured output is not valid JSON"),
+    (Provider.MISTRAL, chat_answer({"content": '{"total": '}, "length"), "cut at max_tokens"),
+    (Provider.OLLAMA, {"message": {"role": "assistant", "content": "[3]"}, "done": True, "done_reason": "stop"},
+     "structured output is not a JSON object"),
+    (Provider.ANTHROPIC, {"content": [{"type": "text", "text": "no tool"}], "stop_reason": "end_turn"},
+     "structured output is not valid JSON"),
+])
+async def test_structured_output_that_does_not_parse_fails_the_job(
+    provider: Provider, body: dict[str, Any], reason: str
+) -> None:
+    job = make_job(provider, response_format=STRUCTURED)
+    async with httpx.AsyncClient(transport=httpx.MockTransport(answer(200, body))) as client:
+        with pytest.raises(JobFailure) as caught:
+            await call_provider(client, ADAPTERS[provider], job, endpoint(provider),
+                                None if provider is Provider.OLLAMA else KEY)
+    assert caught.value.code is ErrorCode.PROVIDER_ERROR
+    assert reason in caught.value.message
+
+
+def test_a_refusal_is_content_filter_not_a_parse_failure() -> None:
+    body = chat_answer({"content": None, "refusal": "I can't help with that."})
+    reply = ADAPTERS[Provider.OPENAI].parse_response(body, make_job(Provider.OPENAI, response_format=STRUCTURED))
+    assert (reply.text, reply.finish_reason, reply.provider_finish_reason, reply.parsed) == (
+        "I can't help with that.", "content_filter", "stop", None)
+
+
+@pytest.mark.parametrize(("provider", "raw", "expected"), [
+    (Provider.OPENAI, "stop", "stop"), (Provider.OPENAI, "length", "length"),
+    (Provider.OPENAI, "content_filter", "content_filter"), (Provider.OPENAI, "weird", "other"),
+    (Provider.MISTRAL, "model_length", "length"), (Provider.MISTRAL, "error", "other"),
+    (Provider.ANTHROPIC, "end_turn", "stop"), (Provider.ANTHROPIC, "stop_sequence", "stop"),
+    (Provider.ANTHROPIC, "max_tokens", "length"), (Provider.ANTHROPIC, "refusal", "content_filter"),
+    (Provider.ANTHROPIC, "pause_turn", "other"), (Provider.OLLAMA, "stop", "stop"),
+    (Provider.OLLAMA, "length", "length"), (Provider.OLLAMA, "unload", "other"),
+])
+def test_finish_reasons_are_normalised(provider: Provider, raw: str, expected: str) -> None:
+    body: dict[str, Any] = {
+        Provider.OPENAI: chat_answer({"content": "x"}, raw), Provider.MISTRAL: chat_answer({"content": "x"}, raw),
+        Provider.ANTHROPIC: {"content": [{"type": "text", "text": "x"}], "stop_reason": raw},
+        Provider.OLLAMA: {"message": {"role": "assistant", "content": "x"}, "done": True, "done_reason": raw},
+    }[provider]
+    reply = ADAPTERS[provider].parse_response(body)
+    assert (reply.finish_reason, reply.provider_finish_reason) == (expected, raw)

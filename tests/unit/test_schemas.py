@@ -80,3 +80,36 @@ def test_results_and_usage_always_carry_their_schema() -> None:
     dumped = orjson.loads(event.model_dump_json(by_alias=True))
     assert dumped["schema"] == "byok.usage_event.v1"
     assert dumped["occurred_at"].endswith("Z")
+
+
+# ------------------------------------------------ JSON types are strict, as the JSON Schema says (#13)
+
+
+def with_input(**fields: Any) -> dict[str, Any]:
+    return job(input={"messages": [{"role": "user", "content": "x"}], **fields})
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"max_tokens": True}, {"max_tokens": "100"}, {"max_tokens": 1.5}, {"max_tokens": 100.0},
+     {"temperature": "0.5"}, {"temperature": True}, {"top_p": "1"}, {"deadline": 1767225600},
+     {"deadline": "1767225600"},
+     {"response_format": {"type": "json_schema", "schema": {"type": "object"}, "strict": "true"}}],
+)
+def test_json_types_are_strict(fields: dict[str, Any]) -> None:
+    job_level = {name: fields[name] for name in ("deadline",) if name in fields}
+    input_level = {name: value for name, value in fields.items() if name not in job_level}
+    with pytest.raises(ValidationError):
+        CompletionJob.model_validate(with_input(**input_level) | job_level)
+
+
+def test_integers_are_numbers_and_deadlines_stay_iso_strings() -> None:
+    parsed = CompletionJob.model_validate(with_input(temperature=1, top_p=1, max_tokens=100) | {
+        "deadline": "2026-01-01T00:00:00Z"})
+    assert (parsed.input.temperature, parsed.input.top_p, parsed.input.max_tokens) == (1.0, 1.0, 100)
+    assert parsed.deadline is not None
+
+
+def test_a_v1_job_still_validates_and_dumps_as_before() -> None:
+    parsed = CompletionJob.model_validate(job())
+    assert parsed.input.model_dump(exclude_none=True) == {"messages": [{"role": "user", "content": "hi"}]}

@@ -78,6 +78,16 @@ def ollama_response(**counters: int) -> dict[str, Any]:
     }
 
 
+CHAT_TOOL_CALLS = [{"id": "call_Paris7xQ", "type": "function",
+                    "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]
+
+
+def tool_call_response(body: dict[str, Any], calls: list[dict[str, Any]]) -> dict[str, Any]:
+    choice = body["choices"][0]
+    message = {**choice["message"], "content": None, "tool_calls": calls}
+    return {**body, "choices": [{**choice, "message": message, "finish_reason": "tool_calls"}]}
+
+
 OLLAMA_COUNTERS = {
     "total_duration": 5191566416, "load_duration": 2154458, "prompt_eval_count": 26,
     "prompt_eval_duration": 383809000, "eval_count": 298, "eval_duration": 4799921000,
@@ -137,6 +147,23 @@ CASES: list[tuple[str, Provider, dict[str, Any], TokenCounts]] = [
      TokenCounts(input_tokens=26, output_tokens=298)),
     ("ollama prompt from cache (no prompt_eval_count)", Provider.OLLAMA, ollama_response(eval_count=7),
      TokenCounts(output_tokens=7)),
+    # Tool calls and images change nothing in the mapping: tool definitions and images are input.
+    ("openai tool calls", Provider.OPENAI, tool_call_response(openai_response({
+        "prompt_tokens": 1582, "completion_tokens": 61, "total_tokens": 1643,
+        "prompt_tokens_details": {"cached_tokens": 1280, "audio_tokens": 0},
+        "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0},
+    }), CHAT_TOOL_CALLS), TokenCounts(input_tokens=302, cache_read_tokens=1280, output_tokens=61)),
+    ("mistral tool calls", Provider.MISTRAL, tool_call_response(mistral_response(
+        {"prompt_tokens": 94, "completion_tokens": 40, "total_tokens": 134}), CHAT_TOOL_CALLS),
+     TokenCounts(input_tokens=94, output_tokens=40)),
+    ("anthropic tool use", Provider.ANTHROPIC, {**anthropic_response({
+        "input_tokens": 472, "output_tokens": 91, "cache_creation_input_tokens": 1024, "cache_read_input_tokens": 0,
+    }), "content": [{"type": "tool_use", "id": "toolu_01A", "name": "get_weather", "input": {"city": "Paris"}}],
+        "stop_reason": "tool_use"}, TokenCounts(input_tokens=472, cache_write_tokens=1024, output_tokens=91)),
+    ("ollama tool calls", Provider.OLLAMA, {**ollama_response(prompt_eval_count=170, eval_count=38), "message": {
+        "role": "assistant", "content": "", "tool_calls": [{"function": {"name": "get_weather",
+                                                                         "arguments": {"city": "Paris"}}}]}},
+     TokenCounts(input_tokens=170, output_tokens=38)),
 ]
 
 
@@ -144,6 +171,7 @@ CASES: list[tuple[str, Provider, dict[str, Any], TokenCounts]] = [
 def test_usage_maps_into_the_five_buckets(provider: Provider, body: dict[str, Any], expected: TokenCounts) -> None:
     reply = ADAPTERS[provider].parse_response(body)
     assert reply.usage == expected
+    assert (reply.finish_reason == "tool_calls") == bool(reply.tool_calls)
     assert reply.raw_usage is not None
     if provider is not Provider.OLLAMA:
         assert reply.raw_usage == body["usage"], "raw_usage is the provider's usage object as sent"
@@ -248,3 +276,12 @@ def test_anthropic_buckets_add_up_to_its_four_counters(inp: int, out: int, write
     usage = anthropic_usage(raw)
     assert usage.total == inp + out + write + read
     assert (usage.input_tokens, usage.cache_write_tokens, usage.cache_read_tokens) == (inp, write, read)
+
+
+def test_the_tool_call_fixtures_carry_their_call() -> None:
+    tool_cases = [case for case in CASES if "tool" in case[0]]
+    assert len(tool_cases) == 4
+    for _, provider, body, _ in tool_cases:
+        reply = ADAPTERS[provider].parse_response(body)
+        assert [(c.name, c.arguments) for c in reply.tool_calls] == [("get_weather", {"city": "Paris"})]
+        assert reply.finish_reason == "tool_calls"

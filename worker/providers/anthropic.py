@@ -90,12 +90,12 @@ class AnthropicAdapter:
         answer_tool = response_name(format_) if format_ is not None else None
         uses = _tool_uses(content)
         answer = [use for use in uses if use.get("name") == answer_tool]
-        calls = tuple(tool_call(use.get("id"), use.get("name"), use.get("input")) for use in uses
+        calls = tuple(tool_call(use.get("id"), use.get("name"), use.get("input"), encoded=False) for use in uses
                       if use.get("name") != answer_tool)
         text = _text(content)
         finish = normalised_finish(stop_reason, ANTHROPIC_FINISH, calls)
         if answer and not calls:
-            parsed: dict[str, Any] | None = parse_arguments(answer[0]["name"], answer[0].get("input"))
+            parsed: dict[str, Any] | None = parse_arguments(answer[0]["name"], answer[0].get("input"), encoded=False)
         else:
             # A compatible server that answered in text (no forced tool): the text must be the JSON.
             parsed = structured_answer(job, text, finish, calls)

@@ -12,14 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from schemas.conversation import (
-    AssistantMessage,
-    ImagePart,
-    JsonSchemaFormat,
-    TextPart,
-    ToolChoiceName,
-    ToolMessage,
-)
+from schemas.conversation import AssistantMessage, ImagePart, JsonSchemaFormat, TextPart, ToolChoiceName, ToolMessage
 from schemas.models import CompletionJob
 from worker.providers.tool_mapping import joined_text, refuse
 

@@ -48,9 +48,10 @@ def normalised_finish(
     return "stop" if reason == "tool_calls" else reason
 
 
-def parse_arguments(name: str, raw: Any) -> dict[str, Any]:
-    """A tool call's arguments: a JSON object, sent as a string (chat completions) or as an object."""
-    if isinstance(raw, str):
+def parse_arguments(name: str, raw: Any, *, encoded: bool = True) -> dict[str, Any]:
+    """A tool call's arguments: a JSON object, sent as a JSON string (chat completions; ``encoded``) or as
+    an object (Anthropic, Ollama)."""
+    if isinstance(raw, str) and encoded:
         try:
             raw = orjson.loads(raw) if raw.strip() else {}
         except orjson.JSONDecodeError as exc:
@@ -79,14 +80,14 @@ def structured_answer(
     return value
 
 
-def tool_call(call_id: Any, name: Any, arguments: Any) -> ToolCall:
+def tool_call(call_id: Any, name: Any, arguments: Any, *, encoded: bool = True) -> ToolCall:
     """A response's tool call; ``call_id`` None when the protocol gives none (the worker makes one)."""
     if not isinstance(name, str) or not TOOL_NAME.fullmatch(name):
         raise ValueError("a tool call has no valid tool name")
     if not isinstance(call_id, str) or not call_id:
         call_id = new_call_id()
     try:
-        return ToolCall(id=call_id, name=name, arguments=parse_arguments(name, arguments))
+        return ToolCall(id=call_id, name=name, arguments=parse_arguments(name, arguments, encoded=encoded))
     except ValidationError as exc:
         # pydantic's text would echo the model's output: locations only.
         fields = ", ".join(".".join(map(str, error["loc"])) for error in exc.errors())
