@@ -10,10 +10,11 @@ import anthropic.types as anthropic_types
 import httpx
 import ollama._types as ollama_types
 import pytest
+from jsonschema import Draft202012Validator
 from pydantic import TypeAdapter
 
 from schemas.models import Provider
-from tests.contract.corpus import FIXED_INPUTS, build
+from tests.contract.corpus import FIXED_INPUTS, build, make_job
 from tests.contract.specs import (
     MISTRAL_SPEC,
     OPENAI_SPEC,
@@ -26,6 +27,7 @@ from tests.contract.specs import (
     unknown_keys,
 )
 from tests.contract.test_request_contracts import CHECKS as REQUEST_CHECKS
+from tests.contract.tool_corpus import REFUSED, TOOL_INPUTS
 from tests.unit.test_simulator_tools import (
     EXTRACTION,
     IMAGE_B64,
@@ -210,6 +212,42 @@ async def test_tool_structured_and_image_answers_follow_the_contract(
     if provider is not Provider.OLLAMA:
         assert [c.id for c in reply.tool_calls] == [c.id for c in call.tool_calls]
     assert reply.finish_reason == ("tool_calls" if call.tool_calls else "stop")
+
+
+ADAPTER_CASES = [(provider, name) for provider in Provider for name in TOOL_INPUTS if (provider, name) not in REFUSED]
+
+
+@pytest.mark.parametrize(("provider", "input_name"), ADAPTER_CASES)
+async def test_the_simulator_answers_what_the_adapters_send(
+    sim: ProviderSimulator, provider: Provider, input_name: str
+) -> None:
+    """Every tool, image and response-format job the adapters can express: the simulator reads the request
+    the adapter builds, its answer follows the provider's definition, and the adapter reads it back whole."""
+    spec = TOOL_INPUTS[input_name]
+    request = build(provider, spec, sim.base_url(provider))
+    assert request is not None
+    async with httpx.AsyncClient(timeout=10) as client:
+        response = await client.post(sim.base_url(provider) + request.path, json=request.body, headers=request.headers)
+    body = response.json()
+    assert response.status_code == 200, body
+    CHECKS[provider](body)
+    [call] = sim.ledger.calls
+    reply = ADAPTERS[provider].parse_response(body, make_job(provider, spec))
+    assert reply.usage == call.usage
+    response_format = spec.get("response_format")
+    # Anthropic's structured answer is a call of the forced answer tool: the adapter makes it ``parsed``.
+    answer_tool = (response_format or {}).get("name", "response") if provider is Provider.ANTHROPIC else None
+    expected_calls = [(c.name, c.arguments) for c in call.tool_calls if c.name != answer_tool]
+    assert [(c.name, c.arguments) for c in reply.tool_calls] == expected_calls
+    parameters = {tool["name"]: tool.get("parameters", {"type": "object"}) for tool in spec.get("tools", [])}
+    for tool_call in reply.tool_calls:  # arguments valid for the tool's schema
+        assert list(Draft202012Validator(parameters[tool_call.name]).iter_errors(tool_call.arguments)) == []
+    if response_format is not None and not reply.tool_calls:
+        assert reply.parsed is not None
+        schema = response_format.get("schema", {"type": "object"})
+        assert list(Draft202012Validator(schema).iter_errors(reply.parsed)) == []
+    if call.input_shape.images:
+        assert call.input_shape.image_tokens >= 85 * call.input_shape.images
 
 
 def test_the_response_checks_can_fail() -> None:
