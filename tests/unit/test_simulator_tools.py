@@ -437,3 +437,16 @@ async def test_undecodable_image_data_is_a_400(
     assert response.status_code in (400, 422)
     assert "base64" in response.text
     assert simulator.ledger.billed() == []
+
+
+@pytest.mark.parametrize("provider", [Provider.OPENAI, Provider.MISTRAL, Provider.ANTHROPIC])
+async def test_a_required_choice_after_tool_results_calls_the_last_tool(
+    simulator: ProviderSimulator, client: httpx.AsyncClient, provider: Provider
+) -> None:
+    """Where the worker offers Anthropic's structured-answer tool: an agent that must call a tool ends with it."""
+    call = ServedToolCall(id="abc123XYZ", name="get_weather", arguments=WEATHER_ARGS)
+    messages = [user_message(provider, "use get_weather"), *tool_round(provider, call, "18 C")]
+    body = native_body(provider, messages, tools=tools_field(provider, [WEATHER, ORDER]),
+                       **choice_field(provider, "required"))
+    response = await send(client, simulator, provider, body)
+    assert [name for _, name, _ in served_calls(provider, response.json())] == ["lookup_order"]

@@ -7,10 +7,11 @@ deterministic so a test can predict them (``answers.py``):
   (cut to ``max_tokens`` words, ``finish_reason`` length, when the request asks for fewer);
 - tool calls: when the request offers tools, the answer calls every offered tool whose name the last user
   message mentions (case-insensitive), or the one a tool choice forces (``required``/``any``: the first tool
-  when none is mentioned; a name: that tool), with the minimal arguments valid for the tool's ``parameters``
-  (``schema_values.py``); ``tool_choice`` ``none`` never calls. Ids: OpenAI ``call_…``, Anthropic
-  ``toolu_…``, Mistral nine alphanumerics, Ollama none. A call forced by name finishes ``stop`` on OpenAI
-  (as OpenAI does), ``tool_calls``/``tool_use`` elsewhere; Ollama says ``stop`` whatever it called;
+  when none is mentioned, the last one after tool results; a name: that tool), with the minimal arguments
+  valid for the tool's ``parameters`` (``schema_values.py``); ``tool_choice`` ``none`` never calls. Ids:
+  OpenAI ``call_…``, Anthropic ``toolu_…``, Mistral nine alphanumerics, Ollama none. A call forced by name
+  finishes ``stop`` on OpenAI (as OpenAI does), ``tool_calls``/``tool_use`` elsewhere; Ollama says ``stop``
+  whatever it called;
 - after tool results (the conversation ends with them and no tool is forced): ``"sim: <tool> said
   <result, first 200 characters>"`` for each result, joined with ``"; "``;
 - structured output (OpenAI/Mistral ``response_format``, Anthropic ``output_config.format``, Ollama ``format``):

@@ -67,16 +67,18 @@ def tool_call_id(protocol: Provider, answer_id: str, index: int) -> str | None:
 def tools_to_call(prompt: Prompt) -> tuple[list[OfferedTool], bool]:
     """The tools the answer calls, and whether a name forced it.
 
-    A tool choice that forces a call (``required``/``any``: the first tool; or a name) always calls. Otherwise,
-    unless the choice is ``none`` or the conversation ends with tool results (then the answer uses them), every
+    Unless the choice is ``none`` or the conversation ends with tool results (then the answer uses them), every
     offered tool whose name the last user message mentions (case-insensitive) is called, in the order offered.
+    A tool choice that forces a call always calls: a name, that tool; ``required``/``any``, the mentioned tools
+    or else the first one, and after tool results the last tool offered (where the worker puts Anthropic's
+    structured-answer tool, so an agent asked for a structured answer ends with it instead of looping).
     """
     if not prompt.tools or prompt.tool_choice == "none":
         return [], False
     if prompt.forced_tool is not None:
         return [tool for tool in prompt.tools if tool.name == prompt.forced_tool][:1], True
-    if prompt.tool_results and prompt.tool_choice != "required":
-        return [], False
+    if prompt.tool_results:
+        return ([prompt.tools[-1]] if prompt.tool_choice == "required" else []), False
     mentioned = [tool for tool in prompt.tools if tool.name.lower() in prompt.last_user.lower()]
     if prompt.tool_choice == "required":
         return mentioned or [prompt.tools[0]], False
