@@ -75,6 +75,19 @@ class Run:
         return [call for call in self.simulator.ledger.calls if call.protocol is self.provider]
 
 
+def protocol_runs(settings: Settings, tap: BrokerTap, simulator: ProviderSimulator, seal: Sealer,
+                  models: dict[Provider, str]) -> list[Run]:
+    """One ``Run`` per protocol, on the simulator, with a key sealed for it (Ollama takes none)."""
+    runs = []
+    for provider, key in KEYS.items():
+        base_url = simulator.base_url(provider)
+        model: dict[str, Any] = {"provider": provider.value, "name": models[provider], "base_url": base_url}
+        if key is not None:
+            model["sealed_key"] = seal("ws-tools", key, provider, base_url)
+        runs.append(Run(settings, tap, simulator, provider, model))
+    return runs
+
+
 async def agent_loop(run: Run) -> list[LedgerCall]:
     """Ask, run the tool the result calls, send its call and result back, and get the answer that uses it."""
     provider = run.provider
@@ -128,13 +141,7 @@ async def extraction(run: Run) -> LedgerCall:
 async def test_agent_loop_and_structured_output_on_every_protocol(
     settings: Settings, simulator: ProviderSimulator, running_worker: Worker, tap: BrokerTap, seal: Sealer
 ) -> None:
-    runs = []
-    for provider, key in KEYS.items():
-        base_url = simulator.base_url(provider)
-        model: dict[str, Any] = {"provider": provider.value, "name": MODELS[provider], "base_url": base_url}
-        if key is not None:
-            model["sealed_key"] = seal("ws-tools", key, provider, base_url)
-        runs.append(Run(settings, tap, simulator, provider, model))
+    runs = protocol_runs(settings, tap, simulator, seal, MODELS)
 
     async def both(run: Run) -> list[LedgerCall]:
         return [*await agent_loop(run), await extraction(run)]
@@ -155,6 +162,40 @@ async def test_agent_loop_and_structured_output_on_every_protocol(
             assert all(usage.cache_read_tokens > 0 for usage in usages if usage is not None), provider
     assert all(u.reasoning_tokens == 16 for u in (c.usage for c in served[Provider.OPENAI]) if u is not None)
     assert all(u.cache_write_tokens > 0 for u in (c.usage for c in served[Provider.ANTHROPIC]) if u is not None)
+
+
+FORECAST = {"type": "object", "properties": {"summary": {"type": "string"}, "umbrella": {"type": "boolean"}},
+            "required": ["summary", "umbrella"], "additionalProperties": False}
+
+
+async def structured_agent(run: Run) -> None:
+    """Tools and a response format together: a tool call first, then the structured final answer
+    (on Anthropic the worker's forced answer tool, on the others the protocol's own JSON format)."""
+    spec: dict[str, Any] = {
+        "messages": [{"role": "user", "content": QUESTION}], "tools": [WEATHER],
+        "response_format": {"type": "json_schema", "name": "forecast", "schema": FORECAST},
+    }
+    first, _ = await run.submit(f"{run.provider.value}-structured-1", spec, run=f"structured-{run.provider.value}")
+    [call] = first["output"]["tool_calls"]
+    assert (call["name"], first["output"]["parsed"]) == ("get_weather", None)
+    spec["messages"] += [
+        {"role": "assistant", "content": first["output"]["text"] or None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": call["id"], "content": json.dumps(get_weather(**call["arguments"]))},
+    ]
+    final, served = await run.submit(f"{run.provider.value}-structured-2", spec, run=f"structured-{run.provider.value}")
+    assert final["output"]["parsed"] == {"summary": "sim", "umbrella": True}
+    assert (final["output"]["finish_reason"], final["output"]["tool_calls"]) == ("stop", [])
+    if run.provider is Provider.ANTHROPIC:
+        assert [c.name for c in served.tool_calls] == ["forecast"]
+
+
+@pytest.mark.timeout(120)
+async def test_an_agent_whose_final_answer_is_structured(
+    settings: Settings, simulator: ProviderSimulator, running_worker: Worker, tap: BrokerTap, seal: Sealer
+) -> None:
+    runs = protocol_runs(settings, tap, simulator, seal, dict.fromkeys(KEYS, "agent-model"))
+    await asyncio.gather(*(structured_agent(run) for run in runs))
+    assert len(simulator.ledger.billed()) == len(tap.usage) == 2 * len(KEYS)
 
 
 @pytest.mark.timeout(60)
