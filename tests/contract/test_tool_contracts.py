@@ -21,6 +21,7 @@ from worker.failures import InvalidJob
 from worker.keys.endpoint import Endpoint
 from worker.providers import ADAPTERS
 from worker.providers.base import ProviderRequest
+from worker.providers.mistral import MISTRAL_CALL_ID
 
 # The SDK's TypedDicts ignore keys they do not declare: nested blocks are held to their declared keys here.
 ANTHROPIC_BLOCKS: dict[str, Any] = {
@@ -63,12 +64,22 @@ def check_ollama_images(body: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
+def check_mistral_call_ids(body: dict[str, Any]) -> None:
+    """Not in Mistral's OpenAPI document but enforced by its API (400 "Tool call id was … but must be a-z,
+    A-Z, 0-9, with a length of 9"): every tool-call id of a request."""
+    ids = [call["id"] for m in body["messages"] for call in m.get("tool_calls") or []]
+    ids += [m["tool_call_id"] for m in body["messages"] if m["role"] == "tool"]
+    assert all(MISTRAL_CALL_ID.fullmatch(call_id) for call_id in ids), ids
+
+
 def check_request(provider: Provider, body: dict[str, Any]) -> None:
     if provider is Provider.OLLAMA:
         body = check_ollama_images(body)
     REQUEST_CHECKS[provider](body)
     if provider is Provider.ANTHROPIC:
         check_anthropic_blocks(body)
+    if provider is Provider.MISTRAL:
+        check_mistral_call_ids(body)
 
 
 def build(provider: Provider, spec: dict[str, Any], base_url: str | None = None) -> ProviderRequest:
@@ -136,6 +147,7 @@ WRONG_SHAPES: list[tuple[Provider, str, list[Any], Any]] = [
     (Provider.MISTRAL, "tools, no choice", ["tools", 0, "function", "input_schema"], {"type": "object"}),
     (Provider.MISTRAL, "tool_choice required", ["tool_choice"], "always"),
     (Provider.MISTRAL, "response json_object", ["response_format", "type"], "json"),
+    (Provider.MISTRAL, "tool results", ["messages", 2, "tool_calls", 0, "id"], "call_paris01"),
     (Provider.ANTHROPIC, "tool results", ["messages", 2, "content", 0, "tool_call_id"], "call_paris01"),
     (Provider.ANTHROPIC, "tools, no choice", ["tools", 0, "parameters"], {"type": "object"}),
     (Provider.ANTHROPIC, "tool_choice required", ["tool_choice"], {"type": "required"}),

@@ -13,6 +13,7 @@ from schemas.models import Provider
 from tests.contract.test_tool_contracts import build, check_request
 from tests.contract.tool_corpus import IMAGE_URL, tool_conversations
 from worker.failures import InvalidJob
+from worker.providers.mistral import mistral_call_id
 
 
 def _ollama_refuses(spec: dict[str, Any]) -> bool:
@@ -57,7 +58,8 @@ PAIRS = {Provider.OPENAI: chat_pairs, Provider.MISTRAL: chat_pairs, Provider.ANT
 
 def job_calls(spec: dict[str, Any], provider: Provider) -> list[str]:
     key = "name" if provider is Provider.OLLAMA else "id"
-    return [call[key] for message in spec["messages"] for call in message.get("tool_calls") or []]
+    calls = [call[key] for message in spec["messages"] for call in message.get("tool_calls") or []]
+    return [mistral_call_id(call) for call in calls] if provider is Provider.MISTRAL else calls
 
 
 @pytest.mark.parametrize("provider", list(Provider))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -17,6 +18,7 @@ from worker.keys.endpoint import Endpoint
 from worker.providers import ADAPTERS
 from worker.providers.anthropic import DEFAULT_MAX_TOKENS
 from worker.providers.call import call_provider
+from worker.providers.mistral import mistral_call_id
 
 KEY = "sk-ant-api03-Zx9secretKEYvalue0123456789"
 OPAQUE_KEY = "q8Zr2LmN4vB7xT1kP0sD5fG3hJ6wE9yU"  # Mistral-like: no recognisable prefix
@@ -421,11 +423,6 @@ def test_anthropic_structured_output_is_a_forced_answer_tool() -> None:
         "role": "tool", "tool_call_id": "call_1",
         "content": [{"type": "image", "media_type": "image/png", "data": "aGk="}]}]},
      "openai cannot express an image in a tool message"),
-    (Provider.ANTHROPIC, {**TOOL_LOOP, "messages": [
-        TOOL_LOOP["messages"][0],
-        {"role": "assistant", "tool_calls": [{"id": "call.1", "name": "get_weather", "arguments": {}}]},
-        {"role": "tool", "tool_call_id": "call.1", "content": "x"}]},
-     "anthropic cannot express the tool call id 'call.1'"),
 ])
 def test_what_a_protocol_cannot_express_is_invalid_before_sending(
     provider: Provider, spec: dict[str, Any], reason: str
@@ -513,3 +510,34 @@ def test_finish_reasons_are_normalised(provider: Provider, raw: str, expected: s
     }[provider]
     reply = ADAPTERS[provider].parse_response(body)
     assert (reply.finish_reason, reply.provider_finish_reason) == (expected, raw)
+
+
+def test_mistral_gets_tool_call_ids_it_accepts() -> None:
+    """Mistral refuses ids other than nine letters and digits: others map the same way for call and result."""
+    assert mistral_call_id("D681PevKs") == "D681PevKs", "Mistral's own ids go back unchanged"
+    mapped = mistral_call_id("call_1")
+    assert re.fullmatch(r"[A-Za-z0-9]{9}", mapped)
+    assert mapped == mistral_call_id("call_1") != mistral_call_id("call_2")
+    body = ADAPTERS[Provider.MISTRAL].build_request(
+        make_job(Provider.MISTRAL, **{**TOOL_LOOP, "tool_choice": "auto"}), endpoint(Provider.MISTRAL), KEY).body
+    assert body["messages"][1]["tool_calls"][0]["id"] == body["messages"][2]["tool_call_id"] == mapped
+
+
+@pytest.mark.parametrize(("provider", "foreign", "accepted"), [
+    (Provider.OPENAI, "chatcmpl-tool-" + "a" * 40, r"call_[A-Za-z0-9]{10}"),
+    (Provider.ANTHROPIC, "call.1:x", r"toolu_[A-Za-z0-9]{10}"),
+])
+def test_ids_a_protocol_refuses_are_mapped_for_call_and_result(provider: Provider, foreign: str, accepted: str) -> None:
+    loop = [TOOL_LOOP["messages"][0],
+            {"role": "assistant", "tool_calls": [{"id": foreign, "name": "get_weather", "arguments": {}}]},
+            {"role": "tool", "tool_call_id": foreign, "content": "x"}]
+    body = ADAPTERS[provider].build_request(
+        make_job(provider, **{**TOOL_LOOP, "messages": loop}), endpoint(provider), KEY).body
+    if provider is Provider.ANTHROPIC:
+        call_id, result_id = body["messages"][1]["content"][0]["id"], body["messages"][2]["content"][0]["tool_use_id"]
+    else:
+        call_id, result_id = body["messages"][1]["tool_calls"][0]["id"], body["messages"][2]["tool_call_id"]
+    assert call_id == result_id
+    assert re.fullmatch(accepted, call_id)
+    kept = ADAPTERS[provider].build_request(make_job(provider, **TOOL_LOOP), endpoint(provider), KEY).body
+    assert "call_1" in repr(kept), "ids the protocol takes are sent as they are"

@@ -4,10 +4,12 @@ from typing import Any
 
 import orjson
 import pytest
+from jsonschema import Draft202012Validator
 from pydantic import ValidationError
 
 from schemas.generate import MODELS, SCHEMA_DIR, render
 from schemas.models import CompletionJob, CompletionResult, UsageEvent
+from tests.contract.tool_corpus import TOOL_INPUTS
 
 
 def job(**overrides: Any) -> dict[str, Any]:
@@ -113,3 +115,16 @@ def test_integers_are_numbers_and_deadlines_stay_iso_strings() -> None:
 def test_a_v1_job_still_validates_and_dumps_as_before() -> None:
     parsed = CompletionJob.model_validate(job())
     assert parsed.input.model_dump(exclude_none=True) == {"messages": [{"role": "user", "content": "hi"}]}
+
+
+def test_the_published_json_schema_agrees_with_the_models_on_tool_jobs() -> None:
+    """What a publisher validates against schemas/json/ is what the worker accepts, and refuses alike."""
+    validator = Draft202012Validator(orjson.loads((SCHEMA_DIR / "completion_job.v1.schema.json").read_bytes()))
+    for spec in TOOL_INPUTS.values():
+        CompletionJob.model_validate(job(input=spec))
+        assert list(validator.iter_errors(job(input=spec))) == []
+    for fields in ({"max_tokens": True}, {"max_tokens": "100"}, {"temperature": "0.5"},
+                   {"tool_choice": "any"}, {"response_format": {"type": "text"}}):
+        with pytest.raises(ValidationError):
+            CompletionJob.model_validate(with_input(**fields))
+        assert list(validator.iter_errors(with_input(**fields))) != []

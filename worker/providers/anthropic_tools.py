@@ -27,10 +27,9 @@ from schemas.conversation import (
     response_name,
 )
 from schemas.models import CompletionInput
-from worker.providers.tool_mapping import refuse
+from worker.providers.tool_mapping import stable_call_id
 
-# Anthropic refuses tool_use ids outside this pattern (ids from other providers may not fit).
-TOOL_USE_ID: Final = re.compile(r"^[A-Za-z0-9_-]+$")
+TOOL_USE_ID: Final = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 RESPONSE_TOOL_DESCRIPTION: Final = "Give the final answer with this tool; its input is the answer."
 
 Message = UserMessage | AssistantMessage | ToolMessage
@@ -88,9 +87,9 @@ def _tool_result(message: ToolMessage) -> dict[str, Any]:
 
 
 def _tool_use_id(call_id: str) -> str:
-    if not TOOL_USE_ID.fullmatch(call_id):
-        raise refuse("anthropic", f"the tool call id {call_id!r}: its ids are letters, digits, _ and - only")
-    return call_id
+    """Anthropic refuses ids with other characters than letters, digits, ``_`` and ``-`` (other providers'
+    ids may have them): those map the same way for a call and its result."""
+    return call_id if TOOL_USE_ID.fullmatch(call_id) else stable_call_id(call_id, prefix="toolu_", digits=10)
 
 
 def anthropic_tools(spec: CompletionInput) -> dict[str, Any]:

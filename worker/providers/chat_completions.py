@@ -56,26 +56,34 @@ def _details(raw: dict[str, Any], name: str) -> dict[str, Any]:
     return details if isinstance(details, dict) else {}
 
 
-def chat_messages(job: CompletionJob, provider: str) -> list[dict[str, Any]]:
+CallIdMapper = Callable[[str], str]
+
+
+def chat_messages(job: CompletionJob, provider: str, call_id: CallIdMapper = str) -> list[dict[str, Any]]:
+    """``call_id`` turns a job's tool-call id into one the protocol takes, the same way for a call and its
+    result (Mistral's ids are nine letters and digits)."""
     messages: list[dict[str, Any]] = [{"role": "system", "content": job.input.system}] if job.input.system else []
-    messages.extend(_chat_message(message, provider) for message in job.input.messages)
+    messages.extend(_chat_message(message, provider, call_id) for message in job.input.messages)
     return messages
 
 
-def _chat_message(message: UserMessage | AssistantMessage | ToolMessage, provider: str) -> dict[str, Any]:
+def _chat_message(
+    message: UserMessage | AssistantMessage | ToolMessage, provider: str, call_id: CallIdMapper
+) -> dict[str, Any]:
     if isinstance(message, UserMessage):
         return {"role": "user", "content": _content(message.content)}
     if isinstance(message, ToolMessage):
         if not isinstance(message.content, str) and any(isinstance(p, ImagePart) for p in message.content):
             raise refuse(provider, f"an image in a tool message (tool_call_id {message.tool_call_id!r}): "
                                    "its tool results take text only")
-        return {"role": "tool", "tool_call_id": message.tool_call_id, "content": _content(message.content)}
+        return {"role": "tool", "tool_call_id": call_id(message.tool_call_id), "content": _content(message.content)}
     mapped: dict[str, Any] = {
         "role": "assistant", "content": None if message.content is None else _content(message.content),
     }
     if message.tool_calls:
         mapped["tool_calls"] = [
-            {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": arguments_json(call)}}
+            {"id": call_id(call.id), "type": "function",
+             "function": {"name": call.name, "arguments": arguments_json(call)}}
             for call in message.tool_calls
         ]
     return mapped
@@ -171,4 +179,3 @@ def parse_chat_completion(
         tool_calls=calls,
         parsed=structured_answer(job, text, finish, calls),
     )
-

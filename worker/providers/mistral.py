@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from schemas.models import CompletionJob, Provider, TokenCounts
@@ -16,8 +17,10 @@ from worker.providers.chat_completions import (
     tool_options,
 )
 from worker.providers.common import classify_status, count, error_body, mentions
+from worker.providers.tool_mapping import stable_call_id
 
 MAX_TEMPERATURE = 1.5
+MISTRAL_CALL_ID = re.compile(r"^[A-Za-z0-9]{9}$")
 QUOTA_TYPES = frozenset({"insufficient_quota", "quota_exceeded", "billing_error"})
 QUOTA_WORDS = ("quota", "usage limit", "billing", "credit", "payment")
 
@@ -36,6 +39,13 @@ def mistral_usage(raw: dict[str, Any]) -> TokenCounts:
     })
 
 
+def mistral_call_id(call_id: str) -> str:
+    """Mistral takes only tool-call ids of nine letters and digits (its own are): any other id, from another
+    provider or made by the worker, is mapped to nine base-62 digits of its SHA-256, the same for the call and
+    its result, so a conversation begun elsewhere continues on Mistral."""
+    return call_id if MISTRAL_CALL_ID.fullmatch(call_id) else stable_call_id(call_id, prefix="", digits=9)
+
+
 class MistralAdapter:
     provider = Provider.MISTRAL
     needs_key = True
@@ -45,7 +55,8 @@ class MistralAdapter:
             raise InvalidJob("mistral needs a sealed_key")
         if job.input.temperature is not None and job.input.temperature > MAX_TEMPERATURE:
             raise InvalidJob(f"mistral accepts a temperature of at most {MAX_TEMPERATURE}")
-        body: dict[str, Any] = {"model": job.model.name, "messages": chat_messages(job, self.provider.value)}
+        messages = chat_messages(job, self.provider.value, mistral_call_id)
+        body: dict[str, Any] = {"model": job.model.name, "messages": messages}
         body.update(sampling_options(job))
         body.update(tool_options(job))
         if job.input.max_tokens is not None:

@@ -83,4 +83,3 @@ class OllamaAdapter:
         error = error_body(body).get("error")
         quota = status == 429 and isinstance(error, str) and mentions(error, QUOTA_WORDS)
         return classify_status(status, headers, body, quota_exhausted=quota)
-

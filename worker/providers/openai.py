@@ -10,8 +10,16 @@ from worker.keys.endpoint import Endpoint
 from worker.providers.base import ProviderReply, ProviderRequest
 from worker.providers.chat_completions import chat_messages, parse_chat_completion, sampling_options, tool_options
 from worker.providers.common import classify_status, error_body
+from worker.providers.tool_mapping import stable_call_id
 
+MAX_CALL_ID = 40
 QUOTA_CODES = frozenset({"insufficient_quota", "billing_hard_limit_reached", "billing_not_active"})
+
+
+def openai_call_id(call_id: str) -> str:
+    """OpenAI refuses tool-call ids over 40 characters (400 ``string_above_max_length``): longer ids, from
+    other providers' servers, are mapped the same way for a call and its result."""
+    return call_id if len(call_id) <= MAX_CALL_ID else stable_call_id(call_id, prefix="call_", digits=10)
 
 
 class OpenAIAdapter:
@@ -21,7 +29,8 @@ class OpenAIAdapter:
     def build_request(self, job: CompletionJob, endpoint: Endpoint, api_key: str | None) -> ProviderRequest:
         if api_key is None:
             raise InvalidJob("openai needs a sealed_key")
-        body: dict[str, Any] = {"model": job.model.name, "messages": chat_messages(job, self.provider.value)}
+        messages = chat_messages(job, self.provider.value, openai_call_id)
+        body: dict[str, Any] = {"model": job.model.name, "messages": messages}
         body.update(sampling_options(job))
         body.update(tool_options(job))
         if job.input.max_tokens is not None:

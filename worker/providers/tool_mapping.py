@@ -7,6 +7,7 @@ A ``ValueError`` raised while reading a response becomes ``provider_error`` in `
 
 from __future__ import annotations
 
+import hashlib
 import re
 import uuid
 from collections.abc import Mapping, Sequence
@@ -19,6 +20,8 @@ from schemas.conversation import TOOL_NAME_PATTERN, ImagePart, TextPart, ToolCal
 from schemas.models import CompletionJob
 from worker.failures import InvalidJob
 
+TOOL_NAME = re.compile(TOOL_NAME_PATTERN)
+
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "other"]
 
 CHAT_COMPLETIONS_FINISH: Final[Mapping[str, FinishReason]] = {
@@ -29,8 +32,6 @@ ANTHROPIC_FINISH: Final[Mapping[str, FinishReason]] = {
     "end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length",
     "model_context_window_exceeded": "length", "tool_use": "tool_calls", "refusal": "content_filter",
 }
-TOOL_NAME = re.compile(TOOL_NAME_PATTERN)
-
 OLLAMA_FINISH: Final[Mapping[str, FinishReason]] = {"stop": "stop", "length": "length"}
 
 
@@ -108,6 +109,20 @@ def function_tool_calls(raw: Any) -> tuple[ToolCall, ...]:
             raise ValueError("a tool call has no function")
         calls.append(tool_call(item.get("id"), function.get("name"), function.get("arguments")))
     return tuple(calls)
+
+
+BASE62: Final = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
+def stable_call_id(call_id: str, *, prefix: str, digits: int) -> str:
+    """A tool-call id a protocol takes, made from one it refuses: ``prefix`` and base-62 digits of the id's
+    SHA-256, so a call and its result map the same way and the pairing holds (``digits`` at most 10)."""
+    number = int.from_bytes(hashlib.sha256(call_id.encode()).digest()[:8])
+    out = []
+    for _ in range(digits):
+        number, digit = divmod(number, 62)
+        out.append(BASE62[digit])
+    return prefix + "".join(out)
 
 
 def new_call_id() -> str:
