@@ -10,6 +10,7 @@ import anthropic.types as anthropic_types
 import httpx
 import ollama._types as ollama_types
 import pytest
+from hypothesis import HealthCheck, given, settings
 from jsonschema import Draft202012Validator
 from pydantic import TypeAdapter
 
@@ -27,7 +28,7 @@ from tests.contract.specs import (
     unknown_keys,
 )
 from tests.contract.test_request_contracts import CHECKS as REQUEST_CHECKS
-from tests.contract.tool_corpus import REFUSED, TOOL_INPUTS
+from tests.contract.tool_corpus import REFUSED, TOOL_INPUTS, tool_conversations
 from tests.unit.test_simulator_tools import (
     EXTRACTION,
     IMAGE_B64,
@@ -43,7 +44,8 @@ from tests.unit.test_simulator_tools import (
     user_message,
 )
 from worker.providers import ADAPTERS
-from worker.testing.simulator import BEHAVIOR_HEADER, ProviderSimulator, ServedToolCall
+from worker.testing.simulator import BEHAVIOR_HEADER, OK, ProviderSimulator, ServedToolCall, answer, read_prompt
+from worker.testing.simulator.bodies import RENDERERS
 
 ANTHROPIC_MESSAGE: TypeAdapter[Any] = TypeAdapter(anthropic_types.Message)
 ANTHROPIC_ERROR: TypeAdapter[Any] = TypeAdapter(anthropic_types.ErrorResponse)
@@ -214,6 +216,25 @@ async def test_tool_structured_and_image_answers_follow_the_contract(
     assert reply.finish_reason == ("tool_calls" if call.tool_calls else "stop")
 
 
+def check_reply(provider: Provider, spec: dict[str, Any], body: dict[str, Any], call: Any) -> None:
+    """The adapter reads back what the simulator served (``call``: its ledger call or answer): usage, tool
+    calls with arguments valid for their tool, and a parsed answer valid for the response schema."""
+    reply = ADAPTERS[provider].parse_response(body, make_job(provider, spec))
+    assert reply.usage == call.usage
+    response_format = spec.get("response_format")
+    # Anthropic's structured answer is a call of the forced answer tool: the adapter makes it ``parsed``.
+    answer_tool = (response_format or {}).get("name", "response") if provider is Provider.ANTHROPIC else None
+    expected_calls = [(c.name, c.arguments) for c in call.tool_calls if c.name != answer_tool]
+    assert [(c.name, c.arguments) for c in reply.tool_calls] == expected_calls
+    parameters = {tool["name"]: tool.get("parameters", {"type": "object"}) for tool in spec.get("tools", [])}
+    for tool_call in reply.tool_calls:
+        assert list(Draft202012Validator(parameters[tool_call.name]).iter_errors(tool_call.arguments)) == []
+    if response_format is not None and not reply.tool_calls:
+        assert reply.parsed is not None
+        schema = response_format.get("schema", {"type": "object"})
+        assert list(Draft202012Validator(schema).iter_errors(reply.parsed)) == []
+
+
 ADAPTER_CASES = [(provider, name) for provider in Provider for name in TOOL_INPUTS if (provider, name) not in REFUSED]
 
 
@@ -232,22 +253,25 @@ async def test_the_simulator_answers_what_the_adapters_send(
     assert response.status_code == 200, body
     CHECKS[provider](body)
     [call] = sim.ledger.calls
-    reply = ADAPTERS[provider].parse_response(body, make_job(provider, spec))
-    assert reply.usage == call.usage
-    response_format = spec.get("response_format")
-    # Anthropic's structured answer is a call of the forced answer tool: the adapter makes it ``parsed``.
-    answer_tool = (response_format or {}).get("name", "response") if provider is Provider.ANTHROPIC else None
-    expected_calls = [(c.name, c.arguments) for c in call.tool_calls if c.name != answer_tool]
-    assert [(c.name, c.arguments) for c in reply.tool_calls] == expected_calls
-    parameters = {tool["name"]: tool.get("parameters", {"type": "object"}) for tool in spec.get("tools", [])}
-    for tool_call in reply.tool_calls:  # arguments valid for the tool's schema
-        assert list(Draft202012Validator(parameters[tool_call.name]).iter_errors(tool_call.arguments)) == []
-    if response_format is not None and not reply.tool_calls:
-        assert reply.parsed is not None
-        schema = response_format.get("schema", {"type": "object"})
-        assert list(Draft202012Validator(schema).iter_errors(reply.parsed)) == []
+    check_reply(provider, spec, body, call)
     if call.input_shape.images:
         assert call.input_shape.image_tokens >= 85 * call.input_shape.images
+
+
+@pytest.mark.parametrize("provider", list(Provider))
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(spec=tool_conversations())
+def test_the_simulator_answers_any_tool_conversation(provider: Provider, spec: dict[str, Any]) -> None:
+    """Whatever agent loop the adapters send (generated), the simulator reads it and its answer follows the
+    provider's definition and reads back whole (pure functions: no server)."""
+    request = build(provider, spec)
+    if request is None:
+        return  # what the protocol cannot express: refused before any call
+    prompt = read_prompt(provider, request.body)
+    served = answer(provider, prompt, OK, "sim0000000001")
+    body = RENDERERS[provider]("sim0000000001", prompt.model, served, True)
+    CHECKS[provider](body)
+    check_reply(provider, spec, body, served)
 
 
 def test_the_response_checks_can_fail() -> None:
