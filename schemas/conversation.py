@@ -67,6 +67,11 @@ class TextPart(_Part):
 class ImagePart(_Part):
     """An image, inline (``media_type`` + base64 ``data``) or by ``url`` (https; the worker never fetches it)."""
 
+    model_config = ConfigDict(
+        extra="forbid", frozen=True,
+        json_schema_extra={"oneOf": [{"required": ["media_type", "data"]}, {"required": ["url"]}]},
+    )
+
     type: Literal["image"]
     media_type: ImageMediaType | None = None
     data: str | None = None

@@ -348,6 +348,13 @@ def test_anthropic_maps_tools_calls_results_and_images() -> None:
     assert body["tool_choice"] == {"type": "tool", "name": "get_weather"}
 
 
+def test_anthropic_drops_blank_text_beside_tool_calls() -> None:
+    loop = [TOOL_LOOP["messages"][0], {**TOOL_LOOP["messages"][1], "content": " \n"}, TOOL_LOOP["messages"][2]]
+    body = ADAPTERS[Provider.ANTHROPIC].build_request(
+        make_job(Provider.ANTHROPIC, **{**TOOL_LOOP, "messages": loop}), endpoint(Provider.ANTHROPIC), KEY).body
+    assert [block["type"] for block in body["messages"][1]["content"]] == ["tool_use"]
+
+
 def test_ollama_maps_tools_calls_results_and_images() -> None:
     loop = {**TOOL_LOOP, "tool_choice": "auto"}
     body = ADAPTERS[Provider.OLLAMA].build_request(
@@ -452,15 +459,30 @@ BAD_ANSWERS: list[tuple[str, Provider, dict[str, Any], str]] = [
 ]
 
 
+BILLED = {Provider.OPENAI: {"usage": {"prompt_tokens": 50, "completion_tokens": 7, "total_tokens": 57}},
+          Provider.MISTRAL: {"usage": {"prompt_tokens": 50, "completion_tokens": 7, "total_tokens": 57}},
+          Provider.ANTHROPIC: {"usage": {"input_tokens": 50, "output_tokens": 7}},
+          Provider.OLLAMA: {"prompt_eval_count": 50, "eval_count": 7}}
+
+
+async def read_unusable(provider: Provider, body: dict[str, Any], **input_fields: Any) -> Any:
+    """The reply to a billed answer that cannot be used: no exception, the reason and the usage kept."""
+    job = make_job(provider, **input_fields)
+    async with httpx.AsyncClient(transport=httpx.MockTransport(answer(200, {**body, **BILLED[provider]}))) as client:
+        reply = await call_provider(client, ADAPTERS[provider], job, endpoint(provider),
+                                    None if provider is Provider.OLLAMA else KEY)
+    assert (reply.tool_calls, reply.parsed, reply.finish_reason) == ((), None, None)
+    assert reply.usage is not None
+    assert (reply.usage.input_tokens, reply.usage.output_tokens) == (50, 7), "the billed call still counts"
+    return reply
+
+
 @pytest.mark.parametrize(("provider", "body", "reason"), [b[1:] for b in BAD_ANSWERS], ids=[b[0] for b in BAD_ANSWERS])
-async def test_unusable_tool_calls_fail_the_job_with_provider_error(
+async def test_unusable_tool_calls_are_flagged_with_their_usage(
     provider: Provider, body: dict[str, Any], reason: str
 ) -> None:
-    with pytest.raises(JobFailure) as caught:
-        await call_with(provider, answer(200, body))
-    failure = caught.value
-    assert (failure.code, failure.retryable, failure.provider_status) == (ErrorCode.PROVIDER_ERROR, False, 200)
-    assert reason in failure.message
+    reply = await read_unusable(provider, body)
+    assert reason in reply.unusable
 
 
 STRUCTURED = {"type": "json_schema", "name": "invoice", "schema": INVOICE}
@@ -474,16 +496,11 @@ STRUCTURED = {"type": "json_schema", "name": "invoice", "schema": INVOICE}
     (Provider.ANTHROPIC, {"content": [{"type": "text", "text": "no tool"}], "stop_reason": "end_turn"},
      "structured output is not valid JSON"),
 ])
-async def test_structured_output_that_does_not_parse_fails_the_job(
+async def test_structured_output_that_does_not_parse_is_flagged(
     provider: Provider, body: dict[str, Any], reason: str
 ) -> None:
-    job = make_job(provider, response_format=STRUCTURED)
-    async with httpx.AsyncClient(transport=httpx.MockTransport(answer(200, body))) as client:
-        with pytest.raises(JobFailure) as caught:
-            await call_provider(client, ADAPTERS[provider], job, endpoint(provider),
-                                None if provider is Provider.OLLAMA else KEY)
-    assert caught.value.code is ErrorCode.PROVIDER_ERROR
-    assert reason in caught.value.message
+    reply = await read_unusable(provider, body, response_format=STRUCTURED)
+    assert reason in reply.unusable
 
 
 def test_a_refusal_is_content_filter_not_a_parse_failure() -> None:

@@ -124,7 +124,10 @@ def test_the_published_json_schema_agrees_with_the_models_on_tool_jobs() -> None
         CompletionJob.model_validate(job(input=spec))
         assert list(validator.iter_errors(job(input=spec))) == []
     for fields in ({"max_tokens": True}, {"max_tokens": "100"}, {"temperature": "0.5"},
-                   {"tool_choice": "any"}, {"response_format": {"type": "text"}}):
+                   {"tool_choice": "any"}, {"response_format": {"type": "text"}},
+                   {"messages": [{"role": "user", "content": [{"type": "image", "media_type": "image/png"}]}]},
+                   {"messages": [{"role": "user", "content": [
+                       {"type": "image", "media_type": "image/png", "data": "aGk=", "url": "https://x.test/a.png"}]}]}):
         with pytest.raises(ValidationError):
             CompletionJob.model_validate(with_input(**fields))
         assert list(validator.iter_errors(with_input(**fields))) != []

@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from schemas.conversation import MAX_IMAGE_BYTES
-from schemas.models import CompletionResult, ErrorCode, Status
+from schemas.models import CompletionResult, ErrorCode, Status, TokenCounts
 from worker.jobs.metrics import WorkerMetrics
 from worker.jobs.pipeline import Completed, Delivery, JobRunner
 from worker.keys.unseal_cache import UnsealCache
@@ -38,6 +38,10 @@ class Answers:
 
 
 async def run(spec: dict[str, Any], answers: Answers | None = None, provider: str = "ollama") -> CompletionResult:
+    return (await outcome_of(spec, answers, provider)).result
+
+
+async def outcome_of(spec: dict[str, Any], answers: Answers | None = None, provider: str = "ollama") -> Completed:
     answers = answers or Answers()
     http = HttpClientPool(connect_timeout_s=1, read_timeout_s=1, max_connections=2,
                           transport_factory=lambda: httpx.MockTransport(answers))
@@ -51,7 +55,7 @@ async def run(spec: dict[str, Any], answers: Answers | None = None, provider: st
     outcome = await runner.run(Delivery(body=body))
     await http.aclose()
     assert isinstance(outcome, Completed)
-    return outcome.result
+    return outcome
 
 
 INVALID: list[tuple[str, dict[str, Any], str]] = [
@@ -125,11 +129,18 @@ async def test_structured_output_lands_parsed() -> None:
     assert answers.requests[0]["format"] == schema
 
 
-async def test_unparseable_arguments_fail_with_provider_error_after_one_call() -> None:
+async def test_unparseable_arguments_fail_with_provider_error_and_the_billed_call_counts() -> None:
     answers = Answers({"message": {"role": "assistant", "content": "", "tool_calls": [
         {"function": {"name": "get_weather", "arguments": "{not json"}}]}})
-    result = await run({"messages": [ASK], "tools": [WEATHER]}, answers)
+    outcome = await outcome_of({"messages": [ASK], "tools": [WEATHER]}, answers)
+    result = outcome.result
     assert result.error is not None
     assert (result.status, result.error.code, result.attempts) == (Status.FAILED, ErrorCode.PROVIDER_ERROR, 1)
+    assert (result.error.provider_status, result.error.retryable) == (200, False)
     assert "arguments of tool call 'get_weather' are not valid JSON" in result.error.message
     assert result.output is None
+    assert outcome.dead_letter is not None and outcome.dead_letter.code is ErrorCode.PROVIDER_ERROR
+    # The provider billed the call: the usage event goes out all the same, and the result shows it.
+    assert outcome.usage is not None
+    assert (outcome.usage.status, outcome.usage.input_tokens, outcome.usage.output_tokens) == (Status.FAILED, 9, 4)
+    assert result.usage == TokenCounts(input_tokens=9, output_tokens=4)

@@ -286,11 +286,16 @@ class JobRunner:
             model=job.model.name,
             occurred_at=finished,
             latency_ms=round((time.perf_counter() - call_started) * 1000, 3),
-            status=Status.SUCCEEDED,
+            status=Status.SUCCEEDED if reply.unusable is None else Status.FAILED,
             usage_reported=reply.usage is not None,
             raw_usage=reply.raw_usage,
             **(reply.usage or TokenCounts()).model_dump(),
         )
+        if reply.unusable is not None:
+            # Unparseable tool calls or structured output: the job fails, but the provider billed the call.
+            unusable = JobFailure(ErrorCode.PROVIDER_ERROR, reply.unusable, provider_status=200)
+            failed = self._failed(job, unusable, attempts, started)
+            return Completed(failed.result.model_copy(update={"usage": reply.usage}), usage, failed.dead_letter)
         result = CompletionResult(
             job_id=job.job_id,
             workspace_id=job.workspace_id,

@@ -10,6 +10,7 @@ Tools, images and structured output: ``worker.providers.anthropic_tools``.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from schemas.conversation import response_name
@@ -21,8 +22,10 @@ from worker.providers.base import ProviderReply, ProviderRequest
 from worker.providers.common import classify_status, count, error_body, mentions
 from worker.providers.tool_mapping import (
     ANTHROPIC_FINISH,
+    Answer,
     normalised_finish,
     parse_arguments,
+    provider_reply,
     structured_answer,
     tool_call,
 )
@@ -54,8 +57,20 @@ def _text(content: list[Any]) -> str:
     )
 
 
-def _tool_uses(content: list[Any]) -> list[dict[str, Any]]:
-    return [block for block in content if isinstance(block, dict) and block.get("type") == "tool_use"]
+def _answer(content: list[Any], stop_reason: str | None, job: CompletionJob | None) -> Answer:
+    """Text blocks, and ``tool_use`` blocks: the job's tool calls, or the forced answer tool's input (parsed)."""
+    format_ = job.input.response_format if job is not None else None
+    answer_tool = response_name(format_) if format_ is not None else None
+    uses = [block for block in content if isinstance(block, dict) and block.get("type") == "tool_use"]
+    calls = tuple(tool_call(use.get("id"), use.get("name"), use.get("input"), encoded=False)
+                  for use in uses if use.get("name") != answer_tool)
+    text = _text(content)
+    finish = normalised_finish(stop_reason, ANTHROPIC_FINISH, calls)
+    answers = [use for use in uses if use.get("name") == answer_tool]
+    if answers and not calls:
+        return Answer(text, finish, calls, parse_arguments(answers[0]["name"], answers[0].get("input"), encoded=False))
+    # A compatible server that answered in text (no forced tool): the text must be the JSON.
+    return Answer(text, finish, calls, structured_answer(job, text, finish, calls))
 
 
 class AnthropicAdapter:
@@ -84,30 +99,10 @@ class AnthropicAdapter:
         if not isinstance(content, list):
             raise ValueError("response has no content list")
         raw_usage = body.get("usage") if isinstance(body.get("usage"), dict) else None
+        usage = anthropic_usage(raw_usage) if raw_usage is not None else None
         raw_stop = body.get("stop_reason")
         stop_reason = raw_stop if isinstance(raw_stop, str) else None
-        format_ = job.input.response_format if job is not None else None
-        answer_tool = response_name(format_) if format_ is not None else None
-        uses = _tool_uses(content)
-        answer = [use for use in uses if use.get("name") == answer_tool]
-        calls = tuple(tool_call(use.get("id"), use.get("name"), use.get("input"), encoded=False) for use in uses
-                      if use.get("name") != answer_tool)
-        text = _text(content)
-        finish = normalised_finish(stop_reason, ANTHROPIC_FINISH, calls)
-        if answer and not calls:
-            parsed: dict[str, Any] | None = parse_arguments(answer[0]["name"], answer[0].get("input"), encoded=False)
-        else:
-            # A compatible server that answered in text (no forced tool): the text must be the JSON.
-            parsed = structured_answer(job, text, finish, calls)
-        return ProviderReply(
-            text=text,
-            finish_reason=finish,
-            usage=anthropic_usage(raw_usage) if raw_usage is not None else None,
-            raw_usage=raw_usage,
-            provider_finish_reason=stop_reason,
-            tool_calls=calls,
-            parsed=parsed,
-        )
+        return provider_reply(partial(_answer, content, stop_reason, job), usage, raw_usage, stop_reason)
 
     def classify_error(self, status: int, headers: dict[str, str], body: bytes) -> Exception:
         error = error_body(body).get("error")

@@ -74,8 +74,8 @@ def _image(part: ImagePart) -> dict[str, Any]:
 def _assistant_content(message: AssistantMessage) -> str | list[dict[str, Any]]:
     if not message.tool_calls:
         return _content(message.content or "")  # the model holds that content is set here
-    # Anthropic refuses empty text blocks.
-    blocks = [block for block in _blocks(message.content or "") if block["text"]]
+    # Anthropic refuses text blocks without non-whitespace text.
+    blocks = [block for block in _blocks(message.content or "") if block["text"].strip()]
     for call in message.tool_calls:
         blocks.append({"type": "tool_use", "id": _tool_use_id(call.id), "name": call.name, "input": call.arguments})
     return blocks

@@ -40,6 +40,9 @@ class ProviderReply:
     protocol has none (Ollama)."""
     parsed: dict[str, Any] | None = None
     """The structured answer, when the job asked for a ``response_format`` and the model gave it."""
+    unusable: str | None = None
+    """Why the answer cannot be used (tool-call arguments or structured output that do not parse): the job
+    fails with ``provider_error``, and the usage still counts, since the provider billed the call."""
 
 
 class ProviderAdapter(Protocol):

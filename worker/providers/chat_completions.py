@@ -5,6 +5,7 @@ response with its tool calls and structured answer, and its usage."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 from schemas.conversation import (
@@ -22,10 +23,12 @@ from worker.providers.base import ProviderReply
 from worker.providers.common import count
 from worker.providers.tool_mapping import (
     CHAT_COMPLETIONS_FINISH,
+    Answer,
     arguments_json,
     data_url,
     function_tool_calls,
     normalised_finish,
+    provider_reply,
     refuse,
     structured_answer,
 )
@@ -163,19 +166,16 @@ def parse_chat_completion(
         raise ValueError("response has no message")
     raw_finish = choices[0].get("finish_reason")
     provider_finish = raw_finish if isinstance(raw_finish, str) else None
+    raw_usage = body.get("usage") if isinstance(body.get("usage"), dict) else None
+    usage = usage_of(raw_usage) if raw_usage is not None else None
+    return provider_reply(partial(_answer, message, provider_finish, job), usage, raw_usage, provider_finish)
+
+
+def _answer(message: dict[str, Any], provider_finish: str | None, job: CompletionJob | None) -> Answer:
     calls = function_tool_calls(message.get("tool_calls"))
     text = message_text(message.get("content"))
     finish = normalised_finish(provider_finish, CHAT_COMPLETIONS_FINISH, calls)
     refusal = message.get("refusal")
     if isinstance(refusal, str) and refusal and not calls:
         text, finish = text or refusal, "content_filter"
-    raw_usage = body.get("usage") if isinstance(body.get("usage"), dict) else None
-    return ProviderReply(
-        text=text,
-        finish_reason=finish,
-        usage=usage_of(raw_usage) if raw_usage is not None else None,
-        raw_usage=raw_usage,
-        provider_finish_reason=provider_finish,
-        tool_calls=calls,
-        parsed=structured_answer(job, text, finish, calls),
-    )
+    return Answer(text, finish, calls, structured_answer(job, text, finish, calls))

@@ -12,7 +12,14 @@ from worker.keys.endpoint import Endpoint
 from worker.providers.base import ProviderReply, ProviderRequest
 from worker.providers.common import classify_status, count, error_body, mentions
 from worker.providers.ollama_tools import ollama_messages, ollama_tool_options
-from worker.providers.tool_mapping import OLLAMA_FINISH, function_tool_calls, normalised_finish, structured_answer
+from worker.providers.tool_mapping import (
+    OLLAMA_FINISH,
+    Answer,
+    function_tool_calls,
+    normalised_finish,
+    provider_reply,
+    structured_answer,
+)
 
 COUNTERS = (
     "prompt_eval_count", "eval_count",
@@ -65,19 +72,16 @@ class OllamaAdapter:
         text = content if isinstance(content, str) else ""
         raw_done = body.get("done_reason")
         done_reason = raw_done if isinstance(raw_done, str) else None
-        calls = function_tool_calls(message.get("tool_calls"))
-        finish = normalised_finish(done_reason, OLLAMA_FINISH, calls)
-        raw_usage = {name: body[name] for name in COUNTERS if name in body}
-        reported = any(name in raw_usage for name in TOKEN_COUNTERS)
-        return ProviderReply(
-            text=text,
-            finish_reason=finish,
-            usage=ollama_usage(raw_usage) if reported else None,
-            raw_usage=raw_usage if reported else None,
-            provider_finish_reason=done_reason,
-            tool_calls=calls,
-            parsed=structured_answer(job, text, finish, calls),
-        )
+        counters = {name: body[name] for name in COUNTERS if name in body}
+        raw_usage = counters if any(name in counters for name in TOKEN_COUNTERS) else None
+        usage = ollama_usage(raw_usage) if raw_usage is not None else None
+
+        def read() -> Answer:
+            calls = function_tool_calls(message.get("tool_calls"))
+            finish = normalised_finish(done_reason, OLLAMA_FINISH, calls)
+            return Answer(text, finish, calls, structured_answer(job, text, finish, calls))
+
+        return provider_reply(read, usage, raw_usage, done_reason)
 
     def classify_error(self, status: int, headers: dict[str, str], body: bytes) -> Exception:
         error = error_body(body).get("error")

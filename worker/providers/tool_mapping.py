@@ -2,7 +2,9 @@
 finish reason, tool-call arguments and structured answers read strictly (never a silent string), worker-made
 tool-call ids, and the refusal of what a protocol cannot express.
 
-A ``ValueError`` raised while reading a response becomes ``provider_error`` in ``worker.providers.call``.
+An answer whose tool calls or structured output cannot be used raises ``UnusableAnswer`` while it is read;
+``provider_reply`` turns it into a reply that carries the reason and the usage: the job fails with
+``provider_error``, but the call was billed and counts.
 """
 
 from __future__ import annotations
@@ -10,17 +12,23 @@ from __future__ import annotations
 import hashlib
 import re
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 import orjson
 from pydantic import ValidationError
 
 from schemas.conversation import TOOL_NAME_PATTERN, ImagePart, TextPart, ToolCall
-from schemas.models import CompletionJob
+from schemas.models import CompletionJob, TokenCounts
 from worker.failures import InvalidJob
+from worker.providers.base import ProviderReply
 
 TOOL_NAME = re.compile(TOOL_NAME_PATTERN)
+
+
+class UnusableAnswer(ValueError):
+    """The provider answered, but its tool calls or structured output cannot be used."""
 
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "other"]
 
@@ -56,9 +64,9 @@ def parse_arguments(name: str, raw: Any, *, encoded: bool = True) -> dict[str, A
         try:
             raw = orjson.loads(raw) if raw.strip() else {}
         except orjson.JSONDecodeError as exc:
-            raise ValueError(f"the arguments of tool call {name!r} are not valid JSON ({exc})") from None
+            raise UnusableAnswer(f"the arguments of tool call {name!r} are not valid JSON ({exc})") from None
     if not isinstance(raw, dict):
-        raise ValueError(f"the arguments of tool call {name!r} are not a JSON object")
+        raise UnusableAnswer(f"the arguments of tool call {name!r} are not a JSON object")
     return raw
 
 
@@ -75,16 +83,16 @@ def structured_answer(
     try:
         value = orjson.loads(text)
     except orjson.JSONDecodeError as exc:
-        raise ValueError(f"the structured output is not valid JSON{hint}: {exc}") from None
+        raise UnusableAnswer(f"the structured output is not valid JSON{hint}: {exc}") from None
     if not isinstance(value, dict):
-        raise ValueError(f"the structured output is not a JSON object{hint}")
+        raise UnusableAnswer(f"the structured output is not a JSON object{hint}")
     return value
 
 
 def tool_call(call_id: Any, name: Any, arguments: Any, *, encoded: bool = True) -> ToolCall:
     """A response's tool call; ``call_id`` None when the protocol gives none (the worker makes one)."""
     if not isinstance(name, str) or not TOOL_NAME.fullmatch(name):
-        raise ValueError("a tool call has no valid tool name")
+        raise UnusableAnswer("a tool call has no valid tool name")
     if not isinstance(call_id, str) or not call_id:
         call_id = new_call_id()
     try:
@@ -92,7 +100,7 @@ def tool_call(call_id: Any, name: Any, arguments: Any, *, encoded: bool = True) 
     except ValidationError as exc:
         # pydantic's text would echo the model's output: locations only.
         fields = ", ".join(".".join(map(str, error["loc"])) for error in exc.errors())
-        raise ValueError(f"tool call {name!r} is not usable ({fields})") from None
+        raise UnusableAnswer(f"tool call {name!r} is not usable ({fields})") from None
 
 
 def function_tool_calls(raw: Any) -> tuple[ToolCall, ...]:
@@ -101,12 +109,12 @@ def function_tool_calls(raw: Any) -> tuple[ToolCall, ...]:
     if raw is None:
         return ()
     if not isinstance(raw, list):
-        raise ValueError("the message's tool_calls is not a list")
+        raise UnusableAnswer("the message's tool_calls is not a list")
     calls = []
     for item in raw:
         function = item.get("function") if isinstance(item, dict) else None
         if not isinstance(function, dict):
-            raise ValueError("a tool call has no function")
+            raise UnusableAnswer("a tool call has no function")
         calls.append(tool_call(item.get("id"), function.get("name"), function.get("arguments")))
     return tuple(calls)
 
@@ -144,3 +152,29 @@ def joined_text(parts: Sequence[TextPart | ImagePart]) -> str:
 
 def refuse(provider: str, what: str) -> InvalidJob:
     return InvalidJob(f"{provider} cannot express {what}")
+
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What a model answered, read strictly."""
+
+    text: str
+    finish_reason: FinishReason | None
+    tool_calls: tuple[ToolCall, ...] = ()
+    parsed: dict[str, Any] | None = None
+
+
+def provider_reply(
+    read: Callable[[], Answer], usage: TokenCounts | None, raw_usage: dict[str, Any] | None,
+    provider_finish: str | None,
+) -> ProviderReply:
+    """The reply to a billed answer: what ``read`` makes of it or, when its tool calls or structured output
+    cannot be used, the reason why; the usage either way."""
+    try:
+        answer = read()
+    except UnusableAnswer as problem:
+        return ProviderReply(text="", finish_reason=None, usage=usage, raw_usage=raw_usage,
+                             provider_finish_reason=provider_finish, unusable=str(problem))
+    return ProviderReply(text=answer.text, finish_reason=answer.finish_reason, usage=usage, raw_usage=raw_usage,
+                         provider_finish_reason=provider_finish, tool_calls=answer.tool_calls, parsed=answer.parsed)
