@@ -9,10 +9,12 @@ import anthropic.types as anthropic_types
 import httpx
 import ollama._types as ollama_types
 import pytest
+from hypothesis import HealthCheck, given, settings
+from jsonschema import Draft202012Validator
 from pydantic import TypeAdapter
 
 from schemas.models import Provider
-from tests.contract.corpus import FIXED_INPUTS, build
+from tests.contract.corpus import FIXED_INPUTS, build, make_job
 from tests.contract.specs import (
     MISTRAL_SPEC,
     OPENAI_SPEC,
@@ -24,8 +26,25 @@ from tests.contract.specs import (
     openapi_validator,
     unknown_keys,
 )
+from tests.contract.test_request_contracts import CHECKS as REQUEST_CHECKS
+from tests.contract.tool_corpus import REFUSED, TOOL_INPUTS, tool_conversations
+from tests.unit.test_simulator_tools import (
+    EXTRACTION,
+    IMAGE_B64,
+    ORDER,
+    WEATHER,
+    choice_field,
+    format_field,
+    native_body,
+    send,
+    served_calls,
+    tool_round,
+    tools_field,
+    user_message,
+)
 from worker.providers import ADAPTERS
-from worker.testing.simulator import BEHAVIOR_HEADER, ProviderSimulator
+from worker.testing.simulator import BEHAVIOR_HEADER, OK, ProviderSimulator, ServedToolCall, answer, read_prompt
+from worker.testing.simulator.bodies import RENDERERS
 
 ANTHROPIC_MESSAGE: TypeAdapter[Any] = TypeAdapter(anthropic_types.Message)
 ANTHROPIC_ERROR: TypeAdapter[Any] = TypeAdapter(anthropic_types.ErrorResponse)
@@ -124,6 +143,132 @@ async def test_simulator_errors_follow_the_contract(sim: ProviderSimulator, beha
     ANTHROPIC_ERROR.validate_python(body, strict=True)
     _, body = await exchange(sim, Provider.OLLAMA, "minimal", behavior)
     assert isinstance(body["error"], str)  # Ollama's API: {"error": "<message>"}
+
+
+# A request in the protocol's own shape (itself checked against the provider's request definition), and
+# whether its answer carries tool calls. Each provider's ids: Mistral's are nine alphanumerics.
+_CALL_IDS = {Provider.OPENAI: "call_abc123", Provider.MISTRAL: "abc123XYZ", Provider.ANTHROPIC: "toolu_abc123",
+             Provider.OLLAMA: None}
+
+
+def _tool_result_round(provider: Provider) -> dict[str, Any]:
+    call = ServedToolCall(id=_CALL_IDS[provider], name="get_weather", arguments={"city": "Paris", "unit": "celsius"})
+    messages = [user_message(provider, "use get_weather"), *tool_round(provider, call, '{"temperature_c": 18}')]
+    return native_body(provider, messages, tools=tools_field(provider, [WEATHER]))
+
+
+FEATURE_REQUESTS: dict[str, Any] = {
+    "one tool call": lambda p: native_body(p, [user_message(p, "use get_weather")],
+                                           tools=tools_field(p, [WEATHER, ORDER])),
+    "two tool calls": lambda p: native_body(p, [user_message(p, "get_weather and lookup_order")],
+                                            tools=tools_field(p, [WEATHER, ORDER])),
+    "tool offered, not called": lambda p: native_body(p, [user_message(p, "hello")], tools=tools_field(p, [WEATHER])),
+    "forced tool": lambda p: native_body(p, [user_message(p, "hello")], tools=tools_field(p, [WEATHER, ORDER]),
+                                         **choice_field(p, "lookup_order")),
+    "after a tool result": _tool_result_round,
+    "json schema": lambda p: native_body(p, [user_message(p, "extract")], **format_field(p, EXTRACTION)),
+    "inline image": lambda p: native_body(p, [user_message(p, "describe", image_b64=IMAGE_B64)]),
+}
+
+
+def check_request(provider: Provider, body: dict[str, Any]) -> None:
+    """The request against the provider's own definition. Ollama's SDK holds an image as an ``Image`` whose
+    wire form is the base64 text: each image must serialise back to exactly what is sent."""
+    if provider is Provider.OLLAMA:
+        messages = []
+        for message in body["messages"]:
+            images = [ollama_types.Image(value=data) for data in message.get("images", [])]
+            assert [image.model_dump() for image in images] == message.get("images", [])
+            messages.append({**message, "images": images} if images else message)
+        body = {**body, "messages": messages}
+    REQUEST_CHECKS[provider](body)
+
+
+FEATURE_CASES = [(provider, feature) for provider in Provider for feature in FEATURE_REQUESTS
+                 if (provider, feature) != (Provider.OLLAMA, "forced tool")]  # Ollama has no tool choice
+
+
+@pytest.mark.parametrize(("provider", "feature"), FEATURE_CASES)
+@pytest.mark.parametrize("behavior", ["ok", "cached"])
+async def test_tool_structured_and_image_answers_follow_the_contract(
+    sim: ProviderSimulator, provider: Provider, feature: str, behavior: str
+) -> None:
+    request = FEATURE_REQUESTS[feature](provider)
+    check_request(provider, request)  # the simulator is fed what the provider itself accepts
+    async with httpx.AsyncClient(timeout=10) as client:
+        response = await send(client, sim, provider, request, **{BEHAVIOR_HEADER: behavior})
+    body = response.json()
+    assert response.status_code == 200, body
+    CHECKS[provider](body)
+    [call] = sim.ledger.calls
+    assert [(i, n, a) for i, n, a in served_calls(provider, body)] == [
+        (c.id, c.name, c.arguments) for c in call.tool_calls]
+    assert bool(call.tool_calls) == (feature in ("one tool call", "two tool calls", "forced tool"))
+    reply = ADAPTERS[provider].parse_response(body)
+    assert reply.usage == call.usage, "the adapter reads exactly what the simulator billed"
+    # The adapter reads the calls the simulator served; Ollama's carry no id, so the worker made one.
+    assert [(c.name, c.arguments) for c in reply.tool_calls] == [(c.name, c.arguments) for c in call.tool_calls]
+    if provider is not Provider.OLLAMA:
+        assert [c.id for c in reply.tool_calls] == [c.id for c in call.tool_calls]
+    assert reply.finish_reason == ("tool_calls" if call.tool_calls else "stop")
+
+
+def check_reply(provider: Provider, spec: dict[str, Any], body: dict[str, Any], call: Any) -> None:
+    """The adapter reads back what the simulator served (``call``: its ledger call or answer): usage, tool
+    calls with arguments valid for their tool, and a parsed answer valid for the response schema."""
+    reply = ADAPTERS[provider].parse_response(body, make_job(provider, spec))
+    assert reply.usage == call.usage
+    response_format = spec.get("response_format")
+    # Anthropic's structured answer is a call of the forced answer tool: the adapter makes it ``parsed``.
+    answer_tool = (response_format or {}).get("name", "response") if provider is Provider.ANTHROPIC else None
+    expected_calls = [(c.name, c.arguments) for c in call.tool_calls if c.name != answer_tool]
+    assert [(c.name, c.arguments) for c in reply.tool_calls] == expected_calls
+    parameters = {tool["name"]: tool.get("parameters", {"type": "object"}) for tool in spec.get("tools", [])}
+    for tool_call in reply.tool_calls:
+        assert list(Draft202012Validator(parameters[tool_call.name]).iter_errors(tool_call.arguments)) == []
+    if response_format is not None and not reply.tool_calls:
+        assert reply.parsed is not None
+        schema = response_format.get("schema", {"type": "object"})
+        assert list(Draft202012Validator(schema).iter_errors(reply.parsed)) == []
+
+
+ADAPTER_CASES = [(provider, name) for provider in Provider for name in TOOL_INPUTS if (provider, name) not in REFUSED]
+
+
+@pytest.mark.parametrize(("provider", "input_name"), ADAPTER_CASES)
+async def test_the_simulator_answers_what_the_adapters_send(
+    sim: ProviderSimulator, provider: Provider, input_name: str
+) -> None:
+    """Every tool, image and response-format job the adapters can express: the simulator reads the request
+    the adapter builds, its answer follows the provider's definition, and the adapter reads it back whole."""
+    spec = TOOL_INPUTS[input_name]
+    request = build(provider, spec, sim.base_url(provider))
+    assert request is not None
+    async with httpx.AsyncClient(timeout=10) as client:
+        response = await client.post(sim.base_url(provider) + request.path, json=request.body, headers=request.headers)
+    body = response.json()
+    assert response.status_code == 200, body
+    CHECKS[provider](body)
+    [call] = sim.ledger.calls
+    check_reply(provider, spec, body, call)
+    if call.input_shape.images:
+        assert call.input_shape.image_tokens >= 85 * call.input_shape.images
+
+
+@pytest.mark.parametrize("provider", list(Provider))
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(spec=tool_conversations())
+def test_the_simulator_answers_any_tool_conversation(provider: Provider, spec: dict[str, Any]) -> None:
+    """Whatever agent loop the adapters send (generated), the simulator reads it and its answer follows the
+    provider's definition and reads back whole (pure functions: no server)."""
+    request = build(provider, spec)
+    if request is None:
+        return  # what the protocol cannot express: refused before any call
+    prompt = read_prompt(provider, request.body)
+    served = answer(provider, prompt, OK, "sim0000000001")
+    body = RENDERERS[provider]("sim0000000001", prompt.model, served, True)
+    CHECKS[provider](body)
+    check_reply(provider, spec, body, served)
 
 
 def test_the_response_checks_can_fail() -> None:

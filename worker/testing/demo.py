@@ -2,7 +2,10 @@
 
 Starts what is not running (an OpenBao dev server; RabbitMQ if 127.0.0.1:5672 does not answer), the
 provider simulator, a worker and the aggregator; creates a workspace key, seals a key, submits a few
-jobs, prints each result and the consumption summary, then stops everything it started.
+jobs, prints each result; runs an agent loop (a job offers a tool, the result's tool call is run locally
+and sent back with the tool's result until the model answers) and an extraction job with a JSON Schema
+(``output.parsed``), all tagged ``agent_run``; prints the agent run's calls and the consumption summary,
+then stops everything it started.
 With ``OPENAI_API_KEY`` set, that key is sealed and the real OpenAI is called instead of the simulator.
 """
 
@@ -14,8 +17,9 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
@@ -33,6 +37,42 @@ JOBS = [
     ("weekly-report", "gpt-4o", "Write two sentences about last week's sales"),
     ("weekly-report", "gpt-4o", "List three risks for next quarter"),
 ]
+
+AGENT_AUTOMATION = "weather-agent"
+EXTRACT_AUTOMATION = "ticket-extractor"
+AGENT_MAX_STEPS = 4
+AGENT_QUESTION = "Should I take an umbrella in Paris today? Use get_weather."
+WEATHER_TOOL: dict[str, Any] = {
+    "name": "get_weather",
+    "description": "The current weather in a city",
+    "parameters": {
+        "type": "object",
+        "properties": {
+            "city": {"type": "string", "description": "City name", "examples": ["Paris"]},
+            "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+        },
+        "required": ["city", "unit"],
+        "additionalProperties": False,
+    },
+}
+TICKET_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "customer": {"type": "string"},
+        "order_id": {"type": "string"},
+        "urgency": {"type": "string", "enum": ["low", "normal", "high"]},
+    },
+    "required": ["customer", "order_id", "urgency"],
+    "additionalProperties": False,
+}
+
+
+def get_weather(city: str = "?", unit: str = "celsius", **_: Any) -> dict[str, Any]:
+    """The agent's tool: a local function (a fixed forecast; the demo needs no weather service)."""
+    return {"city": city, "temperature": 14 if unit == "celsius" else 57, "unit": unit, "sky": "light rain"}
+
+
+LOCAL_TOOLS: dict[str, Callable[..., dict[str, Any]]] = {"get_weather": get_weather}
 
 
 def say(text: str) -> None:
@@ -186,10 +226,83 @@ def drive(stack: Stack, real_key: str | None, sim_port: int) -> int:
               f"latency={result['latency_ms']:.0f}ms in={usage.get('input_tokens')} out={usage.get('output_tokens')} "
               f"{text[:50]!r}{' ' + error.get('code', '') if error else ''}")
 
-    say(f"consumption of {WORKSPACE} (byok consumption {WORKSPACE})")
-    wait_for_consumption(stack, len(JOBS))
+    agent_calls = agent_demo(stack, {"provider": "openai", "name": "gpt-4o-mini", "base_url": base_url,
+                                     "sealed_key": sealed})
+
+    say(f"consumption of {WORKSPACE} (byok consumption {WORKSPACE} --group-by automation,model)")
+    wait_for_consumption(stack, len(JOBS) + agent_calls)
     print(stack.byok("consumption", WORKSPACE, "--group-by", "automation,model"))
     return 0
+
+
+def submit(stack: Stack, job: dict[str, Any]) -> dict[str, Any]:
+    result: dict[str, Any] = orjson.loads(stack.byok("submit", "--file", "-", "--wait", "--timeout", "60",
+                                                    stdin=orjson.dumps(job)))
+    if result["status"] != "succeeded":
+        raise RuntimeError(f"job {job['job_id']} {result['status']}: {result.get('error')}")
+    return result
+
+
+def call_row(step: str, result: dict[str, Any]) -> str:
+    usage = result.get("usage") or {}
+    output = result.get("output") or {}
+    return (f"  {step:<8} {result['job_id']:<28} finish={output.get('finish_reason')!s:<10} "
+            f"in={usage.get('input_tokens')} out={usage.get('output_tokens')} latency={result['latency_ms']:.0f}ms")
+
+
+def agent_demo(stack: Stack, model: dict[str, Any]) -> int:
+    """The agent loop and the extraction job; returns how many provider calls they made."""
+    run = f"demo-run-{int(time.time())}"
+    tags = {"source": "make-demo", "agent_run": run}
+    say(f"agent loop (tag agent_run={run}): the job offers get_weather; each tool call is run locally "
+        "and sent back with its result")
+    messages: list[dict[str, Any]] = [{"role": "user", "content": AGENT_QUESTION}]
+    results = []
+    for step in range(1, AGENT_MAX_STEPS + 1):
+        result = submit(stack, {
+            "job_id": f"{run}-step-{step}", "workspace_id": WORKSPACE, "automation_id": AGENT_AUTOMATION,
+            "tags": tags, "model": model,
+            "input": {"system": "You are a concise assistant.", "messages": messages, "tools": [WEATHER_TOOL],
+                      "max_tokens": 200},
+        })
+        results.append((f"step {step}", result))
+        output = result["output"]
+        print(call_row(f"step {step}", result))
+        if not output["tool_calls"]:
+            print(f"           final answer: {output['text']!r}")
+            break
+        # The result's tool calls go back as they are, each followed by the tool's result.
+        messages.append({"role": "assistant", "content": output["text"] or None, "tool_calls": output["tool_calls"]})
+        for call in output["tool_calls"]:
+            tool = LOCAL_TOOLS.get(call["name"])
+            answer = tool(**call["arguments"]) if tool else {"error": f"no tool named {call['name']}"}
+            print(f"           tool call {call['id']}: {call['name']}({orjson.dumps(call['arguments']).decode()})"
+                  f" -> ran locally: {orjson.dumps(answer).decode()}")
+            messages.append({"role": "tool", "tool_call_id": call["id"], "content": orjson.dumps(answer).decode()})
+
+    say(f"extraction (tag agent_run={run}): response_format json_schema; the worker returns output.parsed")
+    result = submit(stack, {
+        "job_id": f"{run}-extract", "workspace_id": WORKSPACE, "automation_id": EXTRACT_AUTOMATION, "tags": tags,
+        "model": model,
+        "input": {"messages": [{"role": "user", "content":
+                                "Ticket from Ada Lovelace: order A-1234 arrived broken, I need it by Friday!"}],
+                  "response_format": {"type": "json_schema", "name": "ticket", "schema": TICKET_SCHEMA,
+                                      "strict": True}},
+    })
+    results.append(("extract", result))
+    print(call_row("extract", result))
+    print(f"           output.parsed: {orjson.dumps(result['output']['parsed']).decode()}")
+
+    # `byok consumption` groups by model, automation, provider or day, not by tag: the run's calls are
+    # shown from the results the demo received (their usage is what the usage events carry).
+    say(f"the calls of agent_run={run} (from their results; byok consumption does not group by tag)")
+    totals = {"input_tokens": 0, "output_tokens": 0}
+    for label, result in results:
+        print(call_row(label, result))
+        for name in totals:
+            totals[name] += (result.get("usage") or {}).get(name) or 0
+    print(f"  {len(results)} calls, input {totals['input_tokens']} tokens, output {totals['output_tokens']} tokens")
+    return len(results)
 
 
 def main() -> int:

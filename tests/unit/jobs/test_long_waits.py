@@ -57,7 +57,8 @@ def runner(provider: Ollama) -> JobRunner:
     http = HttpClientPool(connect_timeout_s=1, read_timeout_s=1, max_connections=4,
                           transport_factory=lambda: httpx.MockTransport(provider))
     # An Ollama job needs no key: the decryptor is never asked.
-    return JobRunner(policy, allowed_hosts=frozenset({"127.0.0.1:11434"}), decryptor=None,  # Ollama's default  # type: ignore[arg-type]
+    # Ollama's default address is loopback: listed, as a deployment with a local Ollama would.
+    return JobRunner(policy, allowed_hosts=frozenset({"127.0.0.1:11434"}), decryptor=None,  # type: ignore[arg-type]
                      http=http, cache=UnsealCache(ttl_s=1, max_entries=1), metrics=WorkerMetrics())
 
 
