@@ -1,4 +1,4 @@
-"""What agents and extractors put in a job (DESIGN.md, "Jobs that agents and extractors send"):
+"""What agents and extractors put in a job (schemas/CONTRACT.md, README.md "A job"):
 messages with text and image parts, tool calls and their results, tool definitions, the tool choice and
 the response format; and ``ToolCall``, the shape shared by an assistant message and ``output.tool_calls``.
 

@@ -51,7 +51,7 @@ IDENTIFIER_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 # A Vault/OpenBao transit ciphertext as transit writes it: "vault:v", the key version (from 1), ":", standard
 # base64 (padding only at the end).
 SEALED_KEY_PATTERN = r"^vault:v[1-9][0-9]{0,9}:[A-Za-z0-9+/]+={0,2}$"
-# The non-overlapping usage buckets, in the order of TokenCounts' fields (DESIGN.md, "Messages").
+# The non-overlapping usage buckets, in the order of TokenCounts' fields (schemas/CONTRACT.md).
 TOKEN_BUCKETS: Final = ("input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens", "reasoning_tokens")
 NUL_REFUSED = "must not contain a NUL character (\\u0000): the consumption store cannot hold it"
 

@@ -1,4 +1,4 @@
-"""The ``BYOK_*`` settings (DESIGN.md): what every process shares, then each one's own, and their one loader.
+"""The ``BYOK_*`` settings (README): what every process shares, then each one's own, and their one loader.
 
 - ``ProcessSettings``: what every process that talks to the broker uses (its URL and names, logs,
   reconnecting, stopping).
@@ -119,8 +119,8 @@ class ConsumptionSettings(StoreSettings):
 
 class WorkerSettings(ProcessSettings, VaultSettings, StoreSettings):
     """``byok worker``. ``BYOK_STORE_URL`` is here, from ``StoreSettings`` (one definition, shared with the
-    aggregator), though the worker does not open the store yet: budgets enforced in the worker read spend
-    from it (DESIGN.md, "Spend control that holds under concurrency")."""
+    aggregator), though the worker does not open the store yet: budgets, enforced by the worker before each
+    provider call, will read spend from it."""
 
     prefetch: int = Field(default=64, ge=1, le=65535)
     delivery_limit: int = Field(default=5, ge=1, description="quorum queue x-delivery-limit for byok.jobs")

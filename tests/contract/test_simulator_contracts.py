@@ -28,7 +28,7 @@ from tests.contract.specs import (
 )
 from tests.contract.test_request_contracts import CHECKS as REQUEST_CHECKS
 from tests.contract.tool_corpus import REFUSED, TOOL_INPUTS, tool_conversations
-from tests.unit.test_simulator_tools import (
+from tests.unit.testing.test_simulator_tools import (
     EXTRACTION,
     IMAGE_B64,
     ORDER,

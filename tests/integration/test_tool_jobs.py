@@ -18,7 +18,7 @@ import pytest
 from schemas.models import Provider, TokenCounts
 from tests.broker import BrokerTap, publish_jobs
 from tests.conftest import Sealer
-from tests.unit.test_simulator_tools import EXTRACTED, EXTRACTION, ORDER, WEATHER, WEATHER_ARGS
+from tests.unit.testing.test_simulator_tools import EXTRACTED, EXTRACTION, ORDER, WEATHER, WEATHER_ARGS
 from worker.jobs.service import Worker
 from worker.settings import Settings
 from worker.testing.simulator import LedgerCall, ProviderSimulator
@@ -202,7 +202,7 @@ async def test_an_agent_whose_final_answer_is_structured(
 async def test_an_image_job_bills_the_documented_image_tokens(
     settings: Settings, simulator: ProviderSimulator, running_worker: Worker, tap: BrokerTap, seal: Sealer
 ) -> None:
-    from tests.unit.test_simulator_tools import IMAGE_B64, IMAGE_BYTES
+    from tests.unit.testing.test_simulator_tools import IMAGE_B64, IMAGE_BYTES
 
     provider = Provider.ANTHROPIC
     base_url = simulator.base_url(provider)

@@ -19,8 +19,8 @@ from aiohttp import web
 
 import worker.jobs.consumer as consumer_module
 from schemas.models import MAX_JOB_BYTES, Provider
-from tests.aggregator.test_service import aggregator, quiet_rules
-from tests.broker import BrokerTap, byok, job_body, publish_jobs, running
+from tests.aggregator.test_service import quiet_rules
+from tests.broker import BrokerTap, byok, job_body, publish_jobs, running, running_aggregator
 from tests.services import rabbitmqctl
 from worker.broker.names import DELAY_STEPS_MS, HEADER_TRUNCATED, Topology, result_routing_key
 from worker.broker.topology import declare_topology, topology_spec
@@ -220,7 +220,7 @@ async def test_what_the_aggregator_cannot_store_is_dead_lettered_not_dropped(set
     usage = orjson.dumps({"schema": "byok.usage_event.v1", "event_id": "ev-nul", "job_id": "j", "workspace_id": "ws",
                           "tags": {"k": "v\u0000"}, "provider": "openai", "model": "gpt", "status": "succeeded",
                           "occurred_at": "2026-12-04T12:00:00Z", "latency_ms": 1.0, "input_tokens": 1})
-    async with aggregator(settings, quiet_rules()):
+    async with running_aggregator(quiet_rules(settings)):
         connection = await aio_pika.connect(settings.amqp_url.get_secret_value())
         async with connection:
             channel = await connection.channel(publisher_confirms=True)

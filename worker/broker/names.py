@@ -1,4 +1,4 @@
-"""Every exchange, queue, routing key and header name, in one place (DESIGN.md, "Broker topology")."""
+"""Every exchange, queue, routing key and header name, in one place (README.md, "Broker topology")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The broker topology of DESIGN.md as data, and its declaration.
+"""The broker topology (README.md, "Broker topology") as data, and its declaration.
 
 ``deploy/rabbitmq/definitions.json`` describes the same objects; a test holds the two equal.
 """

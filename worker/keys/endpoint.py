@@ -28,7 +28,7 @@ class EndpointError(ValueError):
 
 
 def normalize_base_url(url: str) -> str:
-    """Scheme and host lower-case, default port dropped, trailing ``/`` removed (DESIGN.md)."""
+    """Scheme and host lower-case, default port dropped, trailing ``/`` removed (schemas/CONTRACT.md)."""
     parts = urlsplit(url.strip())
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https"):

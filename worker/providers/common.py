@@ -82,7 +82,7 @@ def mentions(text: str, words: Iterable[str]) -> bool:
 def classify_status(
     status: int, headers: dict[str, str], body: bytes, *, quota_exhausted: bool
 ) -> JobFailure:
-    """The default mapping of DESIGN.md's error codes.
+    """The default mapping of HTTP statuses to the contract's error codes (schemas/CONTRACT.md).
 
     ``quota_exhausted`` is the adapter's verdict from the provider's own signals; it counts on
     400/402/403/429 (Anthropic reports an empty credit balance as a 400). A 402 is always quota.
