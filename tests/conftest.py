@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
+import aio_pika
 import pytest
 
 from schemas.models import Provider
 from tests.broker import BrokerTap, broker_tap, byok, running
 from tests.services import VaultServer, rabbit_vhost, start_vault
+from worker.broker.names import Topology
+from worker.broker.topology import aggregator_topology, topology_spec
 from worker.jobs.service import Worker
 from worker.settings import Settings
 from worker.testing.simulator import ProviderSimulator
@@ -32,8 +36,21 @@ def amqp_url() -> Iterator[str]:
 
 
 @pytest.fixture
-def topology_prefix() -> str:
-    return f"t{secrets.token_hex(4)}.byok"
+async def topology_prefix(amqp_url: str) -> AsyncIterator[str]:
+    """This test's own names; its queues are deleted afterwards, so the broker does not carry the quorum
+    queues of every test of the session at once."""
+    prefix = f"t{secrets.token_hex(4)}.byok"
+    yield prefix
+    names = Topology(prefix)
+    queues = [q.name for q in (*topology_spec(names, delivery_limit=5).queues, *aggregator_topology(names).queues)]
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        for name in dict.fromkeys(queues):
+            channel = await connection.channel()
+            with contextlib.suppress(aio_pika.exceptions.AMQPError):
+                await channel.queue_delete(name)
+            if not channel.is_closed:
+                await channel.close()
 
 
 @pytest.fixture
