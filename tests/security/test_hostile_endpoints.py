@@ -131,7 +131,8 @@ async def test_hostile_answers_fail_cleanly_leak_no_key_and_leave_the_worker_hea
             assert (result["error"]["code"], result["error"]["message"], result["error"]["retryable"]) == (
                 code, reason, retryable), job_id
     echo = tap.result_for("echo")
-    assert echo["output"]["finish_reason"] == REDACTED
+    assert echo["output"]["provider_finish_reason"] == REDACTED
+    assert echo["output"]["finish_reason"] == "other", "an unknown finish value is normalised beside the scrubbed one"
     echo_usage = [u.json for u in tap.usage if u.json["job_id"] == "echo"]
     assert echo_usage and echo_usage[0]["raw_usage"]["echo"] == REDACTED
     assert tap.result_for("redirect")["error"]["provider_status"] == 307
