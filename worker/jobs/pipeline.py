@@ -312,43 +312,20 @@ class JobRunner:
             unusable = JobFailure(ErrorCode.PROVIDER_ERROR, reply.unusable, provider_status=200)
             failed = self._failed(job, unusable, attempts, started)
             return Completed(failed.result.model_copy(update={"usage": reply.usage}), usage, failed.dead_letter)
-        result = CompletionResult(
-            job_id=job.job_id,
-            workspace_id=job.workspace_id,
-            automation_id=job.automation_id,
-            status=Status.SUCCEEDED,
-            provider=job.model.provider,
-            model=job.model.name,
-            output=Output(
-                text=reply.text, finish_reason=reply.finish_reason, provider_finish_reason=reply.provider_finish_reason,
-                tool_calls=list(reply.tool_calls), parsed=reply.parsed,
-            ),
-            usage=reply.usage,
-            attempts=attempts,
-            latency_ms=latency_ms,
-            finished_at=finished,
-            metadata=job.metadata,
+        output = Output(
+            text=reply.text, finish_reason=reply.finish_reason, provider_finish_reason=reply.provider_finish_reason,
+            tool_calls=list(reply.tool_calls), parsed=reply.parsed,
         )
+        result = _job_result(job, Status.SUCCEEDED, attempts, latency_ms, finished, output=output, usage=reply.usage)
         return Completed(result, usage, None)
 
     def _failed(self, job: CompletionJob, failure: JobFailure, attempts: int, started: float) -> Completed:
         message = short_reason(failure.message)
-        result = CompletionResult(
-            job_id=job.job_id,
-            workspace_id=job.workspace_id,
-            automation_id=job.automation_id,
-            status=Status.FAILED,
-            provider=job.model.provider,
-            model=job.model.name,
-            error=ResultError(
-                code=failure.code, message=message, retryable=failure.retryable,
-                provider_status=failure.provider_status,
-            ),
-            attempts=attempts,
-            latency_ms=round((time.perf_counter() - started) * 1000, 3),
-            finished_at=datetime.now(UTC),
-            metadata=job.metadata,
+        error = ResultError(
+            code=failure.code, message=message, retryable=failure.retryable, provider_status=failure.provider_status,
         )
+        latency_ms = round((time.perf_counter() - started) * 1000, 3)
+        result = _job_result(job, Status.FAILED, attempts, latency_ms, datetime.now(UTC), error=error)
         return Completed(result, None, DeadLetter(failure.code, message))
 
 
@@ -361,3 +338,14 @@ __all__ = [
     "RetryLater",
     "Unroutable",
 ]
+
+
+def _job_result(
+    job: CompletionJob, status: Status, attempts: int, latency_ms: float, finished: datetime, **outcome: Any
+) -> CompletionResult:
+    """A final result of ``job``: what every result carries from the job, and the outcome's own fields."""
+    return CompletionResult(
+        job_id=job.job_id, workspace_id=job.workspace_id, automation_id=job.automation_id, status=status,
+        provider=job.model.provider, model=job.model.name, attempts=attempts, latency_ms=latency_ms,
+        finished_at=finished, metadata=job.metadata, **outcome,
+    )
