@@ -128,7 +128,7 @@ class Stack:
                      "BYOK_METRICS_LISTEN": f"127.0.0.1:{port}", **env}
         log_path = self.workdir / f"worker-{prefix}.log"
         with log_path.open("wb") as log:
-            process = subprocess.Popen([sys.executable, "-m", "worker.cli.main", "worker"], stdout=log,
+            process = subprocess.Popen([sys.executable, "-m", "worker.cli", "worker"], stdout=log,
                                        stderr=subprocess.STDOUT, env=process_env(self.settings(prefix), **overrides),
                                        cwd=self.worker_source)
         return ByokProcess(process, log_path, port)
