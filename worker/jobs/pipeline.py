@@ -10,6 +10,8 @@ import asyncio
 import re
 import time
 import uuid
+from collections.abc import Sequence
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -32,6 +34,7 @@ from schemas.models import (
     storable,
 )
 from worker.failures import InvalidJob, JobFailure, RetryableFailure
+from worker.jobs.call_hooks import CallHook, ProviderCall
 from worker.jobs.metrics import WorkerMetrics
 from worker.jobs.retry import DelayQueue, GiveUp, RetryPolicy, WaitInline, decide
 from worker.keys.endpoint import Endpoint, EndpointError, binding_b64, check_destination, check_public
@@ -135,6 +138,7 @@ class JobRunner:
         cache: UnsealCache,
         metrics: WorkerMetrics,
         call_timeout_s: float = 300.0,
+        call_hooks: Sequence[CallHook] = (),
     ) -> None:
         self._policy = policy
         self._allowed_hosts = allowed_hosts
@@ -144,6 +148,7 @@ class JobRunner:
         self._http = http
         self._cache = cache
         self._metrics = metrics
+        self._call_hooks = tuple(call_hooks)
 
     async def run(self, delivery: Delivery) -> Outcome:
         started = time.perf_counter()
@@ -212,7 +217,8 @@ class JobRunner:
                 api_key = await self._unseal(job, endpoint) if adapter.needs_key else None
                 unsealed = True
                 call_started = time.perf_counter()
-                reply = await self._call(adapter, job, endpoint, api_key)
+                call = ProviderCall(job, str(uuid.uuid4()), endpoint)
+                reply = await self._hooked_call(call, adapter, api_key)
             except JobFailure as failure:
                 # A failure while unsealing made no provider call: it is not an attempt.
                 called = unsealed and made_call(failure)
@@ -237,7 +243,7 @@ class JobRunner:
                     case GiveUp():
                         return self._failed(job, failure, attempts, started)
             attempts += 1
-            return self._succeeded(job, reply, attempts, started, call_started)
+            return self._succeeded(call, reply, attempts, started, call_started)
 
     async def _unseal(self, job: CompletionJob, endpoint: Endpoint) -> SecretStr:
         sealed = job.model.sealed_key
@@ -253,6 +259,17 @@ class JobRunner:
             )
         finally:
             self._metrics.unseal(hit=self._cache.misses == before)
+
+    async def _hooked_call(
+        self, call: ProviderCall, adapter: ProviderAdapter, api_key: SecretStr | None
+    ) -> ProviderReply:
+        if not self._call_hooks:
+            return await self._call(adapter, call.job, call.endpoint, api_key)
+        async with AsyncExitStack() as hooks:
+            for hook in self._call_hooks:
+                await hooks.enter_async_context(hook(call))
+            call.reply = await self._call(adapter, call.job, call.endpoint, api_key)
+        return call.reply
 
     async def _call(
         self, adapter: ProviderAdapter, job: CompletionJob, endpoint: Endpoint, api_key: SecretStr | None
@@ -288,12 +305,13 @@ class JobRunner:
         )
 
     def _succeeded(
-        self, job: CompletionJob, reply: ProviderReply, attempts: int, started: float, call_started: float
+        self, call: ProviderCall, reply: ProviderReply, attempts: int, started: float, call_started: float
     ) -> Completed:
+        job = call.job
         finished = datetime.now(UTC)
         latency_ms = round((time.perf_counter() - started) * 1000, 3)
         usage = UsageEvent(
-            event_id=str(uuid.uuid4()),
+            event_id=call.call_id,
             job_id=job.job_id,
             workspace_id=job.workspace_id,
             automation_id=job.automation_id,
