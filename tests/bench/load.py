@@ -18,7 +18,7 @@ import orjson
 from aiormq.abc import DeliveredMessage
 
 from worker.broker.names import CONTENT_TYPE, JOB_ROUTING_KEY, Topology
-from worker.broker.topology import declare_topology, topology_spec
+from worker.broker.topology import TopologySpec, declare_topology, topology_spec
 
 PUBLISH_BATCH = 500
 
@@ -115,7 +115,7 @@ class Load:
         declaring = await aio_pika.connect(self.amqp_url)
         async with declaring:
             channel = await declaring.channel()
-            await declare_topology(channel, topology_spec(self.names, delivery_limit=self.delivery_limit))
+            await declare_topology(channel, self._publishing_spec())
         self._connection = await aiormq.connect(self.amqp_url)
         self._publish = await self._connection.channel(publisher_confirms=True)
         consume = await self._connection.channel()
@@ -124,6 +124,15 @@ class Load:
         await consume.queue_bind(declared.queue, self.names.results_exchange, routing_key="#")
         await consume.basic_consume(declared.queue, self.collector.on_message, no_ack=True)
         return self
+
+    def _publishing_spec(self) -> TopologySpec:
+        # Only what the bench publishes to and reads from (the exchanges and the jobs queue): the worker under
+        # test declares the rest itself, so a worker from another tree (``--worker-src``) whose aggregator
+        # queues carry other arguments is not refused for a declaration the bench made.
+        full = topology_spec(self.names, delivery_limit=self.delivery_limit)
+        queues = tuple(q for q in full.queues if q.name == self.names.jobs_queue)
+        bindings = tuple(b for b in full.bindings if b.queue == self.names.jobs_queue)
+        return TopologySpec(full.exchanges, queues, bindings)
 
     async def __aexit__(self, *exc: object) -> None:
         if self._connection is not None:
