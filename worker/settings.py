@@ -1,5 +1,7 @@
 """The ``BYOK_*`` settings (README): what every process shares, then each one's own, and their one loader.
 
+- ``BrokerSettings``: the broker's URL, the topology prefix and how long to wait for the broker (a publisher
+  using ``worker.client`` reads only these).
 - ``ProcessSettings``: what every process that talks to the broker uses (its URL and names, logs,
   reconnecting, stopping).
 - ``VaultSettings``: Vault's address and identity (the worker; ``byok keys`` loads only these).
@@ -57,17 +59,14 @@ class _FromEnvironment(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
 
 
-class ProcessSettings(_FromEnvironment):
-    """What every process that talks to the broker uses."""
+class BrokerSettings(_FromEnvironment):
+    """Where the broker is and what the topology is called: all a publisher (``worker.client``) reads."""
 
     amqp_url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/")
     topology_prefix: str = Field(default="byok", pattern=r"^[A-Za-z0-9_.-]{1,100}$")
     reconnect_max_s: float = Field(
         default=60.0, gt=0, description="exit with status 1 when the broker stays unreachable this long"
     )
-    shutdown_grace_s: float = Field(default=30.0, ge=0)
-    log_level: str = "info"
-    log_format: str = Field(default="json", pattern=r"^(json|console)$")
 
     @field_validator("amqp_url")
     @classmethod
@@ -81,6 +80,14 @@ class ProcessSettings(_FromEnvironment):
         if parts.scheme not in ("amqp", "amqps") or not parts.hostname:
             raise ValueError("expected amqp://user:password@host:5672/vhost (or amqps://)")
         return value
+
+
+class ProcessSettings(BrokerSettings):
+    """What every process that talks to the broker uses."""
+
+    shutdown_grace_s: float = Field(default=30.0, ge=0)
+    log_level: str = "info"
+    log_format: str = Field(default="json", pattern=r"^(json|console)$")
 
     @field_validator("log_level")
     @classmethod

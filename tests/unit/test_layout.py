@@ -14,6 +14,7 @@ LAYERS = (
     ("schemas",),
     ("worker.settings", "worker.redaction", "worker.logging_setup", "worker.event_loop", "worker.failures", "worker"),
     ("worker.broker",),
+    ("worker.client",),
     ("worker.keys",),
     ("worker.providers",),
     ("worker.jobs",),

@@ -76,6 +76,13 @@ class Link:
         underlay = await channel.get_underlay_channel()
         underlay.on_consumer_cancel_callbacks.add(self._consumer_cancelled)
 
+    async def unwatch(self, channel: AbstractChannel) -> None:
+        """Before closing a watched channel on purpose: its closing must not end the link."""
+        channel.close_callbacks.discard(self._channel_closed)
+        if not channel.is_closed:
+            underlay = await channel.get_underlay_channel()
+            underlay.on_consumer_cancel_callbacks.discard(self._consumer_cancelled)
+
     def lose(self, reason: str) -> None:
         if not self.lost.is_set():
             self.reason = reason
@@ -128,7 +135,11 @@ class BrokerSupervisor:
         """Connected, and nothing on the connection has ended since ``on_connected`` returned."""
         return self._link is not None and self._link.alive
 
-    async def run(self, stop: asyncio.Event, on_connected: OnConnected, on_lost: OnLost) -> None:
+    async def run(
+        self, stop: asyncio.Event, on_connected: OnConnected, on_lost: OnLost, *, wait_for_first: bool = True,
+    ) -> None:
+        """``wait_for_first=False`` raises the first connection's failure as it is (a library caller wants a
+        wrong URL or a stopped broker at once); later losses are waited out the same either way."""
         failures = 0
         down_since: float | None = None
         while not stop.is_set():
@@ -139,6 +150,8 @@ class BrokerSupervisor:
                     f"the broker refused the {self._process}: {type(exc).__name__}: {exc}"
                 ) from None
             except TRANSIENT as exc:
+                if not wait_for_first and self.connections == 0:
+                    raise
                 failures += 1
                 down_since = down_since or time.monotonic()
                 down_for = time.monotonic() - down_since
