@@ -219,8 +219,8 @@ async def _exercise_users(imported: Imported, simulator: ProviderSimulator) -> N
         })
         job = CompletionJob.model_validate_json(body)
         publisher_settings = Settings(amqp_url=imported.url("publisher"), topology_prefix="byok")
-        reply = await submit(publisher_settings, job, body, wait_s=20)
-        assert reply is not None and orjson.loads(reply)["status"] == "succeeded"
+        reply = await submit(publisher_settings, job, wait_s=20)
+        assert reply is not None and reply.status == "succeeded"
         message = await subscription.get(timeout=10, fail=True)
         assert message is not None and message.routing_key == "ws-deploy._.succeeded"
         await message.ack()

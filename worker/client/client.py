@@ -279,7 +279,7 @@ class Client:
         for subscription in list(self._subscriptions):
             await subscription.attach(link)
         self._announce_link(link)
-        log.info("client.connected", connections=self.broker.connections + 1)
+        log.debug("client.connected", connections=self.broker.connections + 1)
 
     async def _on_lost(self) -> None:
         self._link = None
