@@ -23,6 +23,7 @@ lint: $(STAMP)
 
 schemas: $(STAMP)
 	$(BIN)/python -m schemas.generate
+	$(BIN)/python -m worker.broker.asyncapi
 
 demo: $(STAMP)
 	$(BIN)/python -m worker.testing.demo
