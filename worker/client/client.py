@@ -224,7 +224,7 @@ class Client:
                 if isinstance(exc, CONNECTION_LOST):
                     # The connection is gone even if its close callback has not run yet: reconnect now.
                     publishing.link.lose(f"a publish failed ({type(exc).__name__})")
-                log.info("client.publish_again", job_id=job.job_id, error=type(exc).__name__)
+                log.warning("client.publish_again", job_id=job.job_id, error=type(exc).__name__)
                 continue
             if awaited is not None:
                 awaited.published_on = publishing.link
@@ -279,7 +279,6 @@ class Client:
         for subscription in list(self._subscriptions):
             await subscription.attach(link)
         self._announce_link(link)
-        log.debug("client.connected", connections=self.broker.connections + 1)
 
     async def _on_lost(self) -> None:
         self._link = None

@@ -10,6 +10,7 @@ carry ``job_id`` to deduplicate on).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
@@ -183,7 +184,5 @@ class ResultSubscription:
 
 async def _settle(message: AbstractIncomingMessage) -> None:
     # A message of a channel that is gone cannot be acked: the broker has already taken it back.
-    try:
+    with contextlib.suppress(Exception):
         await message.ack()
-    except Exception as exc:  # any failure here means the same: nothing left to ack
-        log.debug("client.ack_skipped", error=type(exc).__name__)
