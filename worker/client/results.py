@@ -15,6 +15,7 @@ import itertools
 from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
 
+import aiormq
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from pydantic import ValidationError
@@ -97,8 +98,14 @@ class ResultSubscription:
 
     async def start(self) -> None:
         """Binds the queue (once); returns when results routed from now on reach this subscription."""
-        if not self._started:
-            await self.attach(await self._current_link())
+        while not self._started:
+            link = await self._current_link()
+            try:
+                await self.attach(link)
+            except (aiormq.exceptions.AMQPConnectionError, ConnectionError, aiormq.exceptions.ChannelInvalidStateError):
+                if link.alive:
+                    raise
+                continue  # lost while binding: the next connection attaches it (or this loop does)
             self._started = True
 
     async def attach(self, link: Link) -> None:
