@@ -12,6 +12,7 @@ import pytest
 from schemas.models import CompletionJob, CompletionResult, Provider, Status
 from tests.broker import BrokerTap
 from tests.conftest import Sealer
+from tests.services import free_port
 from worker.client import Client, JobNotRouted, ResultSubscription
 from worker.jobs.service import Worker
 from worker.settings import Settings
@@ -136,8 +137,6 @@ async def test_a_missing_topology_is_named_and_an_unbound_exchange_is_refused(se
 
 
 async def test_a_stopped_broker_fails_the_client_at_once() -> None:
-    from tests.services import free_port
-
     started = time.monotonic()
     with pytest.raises(ConnectionError):
         async with Client(f"amqp://guest:guest@127.0.0.1:{free_port()}/", topology_prefix="nowhere"):

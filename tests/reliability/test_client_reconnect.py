@@ -7,6 +7,7 @@ import asyncio
 from typing import Any
 
 import aio_pika
+import orjson
 import pytest
 
 from tests.broker import BrokerTap, publish_jobs
@@ -73,7 +74,7 @@ async def test_a_durable_results_queue_keeps_what_was_published_while_the_client
             proxy.refusing = True
             await proxy.cut()
             # While the client cannot connect, the job goes in directly and the worker answers it.
-            await publish_jobs(settings, [openai_job_body("away-2", model)])
+            await publish_jobs(settings, [orjson.dumps(openai_job("away-2", "ws-away", model))])
             await tap.wait_for(lambda: any(r.json["job_id"] == "away-2" for r in tap.results))
             refused_before = proxy.connections
             await wait_until(lambda: proxy.connections > refused_before, timeout=10,
@@ -112,9 +113,3 @@ async def test_run_waiting_when_the_connection_is_lost_raises_reply_lost(
                 await asyncio.wait_for(waiting, 10)
     finally:
         await proxy.stop()
-
-
-def openai_job_body(job_id: str, model: dict[str, Any]) -> bytes:
-    import orjson
-
-    return orjson.dumps(openai_job(job_id, "ws-away", model))
