@@ -142,12 +142,12 @@ def _operations(routes: tuple[MessageRoute, ...], names: Topology) -> dict[str, 
                 if action == "send":
                     operation["bindings"] = {"amqp": {"deliveryMode": 2, "mandatory": True,
                                                       "bindingVersion": AMQP_BINDING}}
-                if route.message == "job" and action == "send":
+                if route.replied_with is not None and action == "send":
                     operation["reply"] = {
                         "address": {"location": "$message.header#/reply_to",
-                                    "description": "the job's AMQP reply_to property, when it has one"},
+                                    "description": "the AMQP reply_to property, when the message has one"},
                         "channel": {"$ref": f"#/channels/{REPLY_CHANNEL}"},
-                        "messages": [{"$ref": f"#/channels/{REPLY_CHANNEL}/messages/reply"}],
+                        "messages": [{"$ref": f"#/channels/{REPLY_CHANNEL}/messages/{route.replied_with}"}],
                     }
                 operations[f"{role}_{action}s_{route.message}"] = operation
     return operations

@@ -60,6 +60,8 @@ class MessageRoute:
     sent_by: tuple[str, ...]
     received_by: tuple[str, ...]
     headers: tuple[str, ...] = ()
+    replied_with: str | None = None
+    """The message the receiver sends back to the AMQP ``reply_to`` the sender set, if it set one."""
 
 
 def message_routes(names: Topology) -> tuple[MessageRoute, ...]:
@@ -67,7 +69,7 @@ def message_routes(names: Topology) -> tuple[MessageRoute, ...]:
     return (
         MessageRoute("job", names.jobs_exchange, JOB_ROUTING_KEY, CompletionJob,
                      "A completion job; its AMQP message_id is its job_id, reply_to and correlation_id optional.",
-                     (PUBLISHER, OPERATOR), (WORKER,), carried),
+                     (PUBLISHER, OPERATOR), (WORKER,), carried, replied_with="reply"),
         MessageRoute("delayed_job", names.delay_exchange, "{delay_ms}", CompletionJob,
                      "A job waiting to be retried: the delay queue's TTL sends it back to the jobs exchange.",
                      (WORKER,), (WORKER,), (*carried, HEADER_ATTEMPTS, HEADER_FIRST_SEEN, HEADER_NOT_BEFORE)),
