@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import aio_pika
 import orjson
@@ -12,7 +13,7 @@ import pytest
 
 from tests.broker import BrokerTap, publish_jobs
 from tests.conftest import Sealer
-from tests.faults import TcpProxy
+from tests.faults import TcpProxy, broker_closes
 from tests.integration.test_client import openai_job, simulated_model
 from tests.reliability.test_reconnect import broker_proxy, via
 from tests.waiting import wait_until
@@ -113,3 +114,23 @@ async def test_run_waiting_when_the_connection_is_lost_raises_reply_lost(
                 await asyncio.wait_for(waiting, 10)
     finally:
         await proxy.stop()
+
+
+@pytest.mark.timeout(90)
+async def test_the_results_iterator_goes_on_when_the_broker_closes_the_connection(
+    settings: Settings, simulator: ProviderSimulator, running_worker: Worker, seal: Sealer
+) -> None:
+    # As a broker node shutting down (or an operator) closes it: rabbitmqctl close_connection.
+    model = simulated_model(settings, simulator, seal, "ws-closed")
+    name = f"client-{settings.topology_prefix}"
+    vhost = unquote(urlsplit(settings.amqp_url.get_secret_value()).path.removeprefix("/")) or "/"
+    async with Client(settings.amqp_url, topology_prefix=settings.topology_prefix, reconnect_max_s=30,
+                      name=name) as client, client.results(workspace="ws-closed") as results:
+        await client.submit(openai_job("closed-1", "ws-closed", model))
+        assert (await next_result(results)).job_id == "closed-1"
+        closed = await asyncio.to_thread(broker_closes, vhost, client.broker.connection_name)
+        assert closed == 1
+        await wait_until(lambda: client.connections == 2, timeout=20, what="the client to reconnect")
+        await client.submit(openai_job("closed-2", "ws-closed", model))
+        assert (await next_result(results)).job_id == "closed-2"
+        assert results.attachments == 2
