@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Any
 
@@ -10,7 +11,7 @@ import aiormq
 import pytest
 
 from schemas.models import CompletionJob, CompletionResult, Provider, Status
-from tests.broker import BrokerTap
+from tests.broker import BrokerTap, byok
 from tests.conftest import Sealer
 from tests.services import free_port
 from worker.client import Client, JobNotRouted, ResultSubscription
@@ -142,3 +143,17 @@ async def test_a_stopped_broker_fails_the_client_at_once() -> None:
         async with Client(f"amqp://guest:guest@127.0.0.1:{free_port()}/", topology_prefix="nowhere"):
             pass
     assert time.monotonic() - started < 5
+
+
+async def test_byok_submit_waits_through_the_client(
+    settings: Settings, simulator: ProviderSimulator, running_worker: Worker, seal: Sealer
+) -> None:
+    model = simulated_model(settings, simulator, seal, "ws-cli-wait")
+    job = json.dumps(openai_job("cli-wait-1", "ws-cli-wait", model, content="from the command")).encode()
+    waited = await asyncio.to_thread(byok, settings, "submit", "--file", "-", "--wait", "--timeout", "30", stdin=job)
+    printed = json.loads(waited.stdout)
+    assert (printed["job_id"], printed["status"], printed["output"]["text"]) == (
+        "cli-wait-1", "succeeded", "sim: from the command")
+    published = await asyncio.to_thread(byok, settings, "submit", "--file", "-",
+                                        stdin=job.replace(b"cli-wait-1", b"cli-wait-2"))
+    assert published.stdout.decode() == "published cli-wait-2\n"
