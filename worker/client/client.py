@@ -277,7 +277,8 @@ class Client:
         await replies.consume(self._on_reply, no_ack=True)
         self._reply_queue = replies.name
         for subscription in list(self._subscriptions):
-            await subscription.attach(link)
+            if subscription.started:
+                await subscription.attach(link)
         self._announce_link(link)
 
     async def _on_lost(self) -> None:

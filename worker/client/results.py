@@ -61,7 +61,7 @@ Delivery = tuple[AbstractIncomingMessage, Link]
 
 class ResultSubscription:
     """``async for result in client.results(...)``, or ``async with client.results(...) as results`` to have
-    the queue bound before the block starts (and removed when it ends)."""
+    the queue bound before the block starts (and the subscription closed when it ends)."""
 
     def __init__(
         self, *, exchange: str, routing_keys: list[str], queue: str | None, prefetch: int,
@@ -82,6 +82,7 @@ class ResultSubscription:
         self._handed: AbstractIncomingMessage | None = None
         self._started = False
         self._closed = False
+        self._waiting = 0
         self.attachments = 0
         """Connections this subscription has consumed on: 2 after the client reconnected once."""
 
@@ -93,20 +94,31 @@ class ResultSubscription:
     @property
     def waiting(self) -> int:
         """Results received and not yet handed to the reader."""
-        items: Iterable[object] = self._buffer._queue  # type: ignore[attr-defined]
-        return len([item for item in items if not isinstance(item, _Closed)])
+        return self._waiting
+
+    @property
+    def started(self) -> bool:
+        """Asked to read: the client binds it again on every new connection."""
+        return self._started
 
     async def start(self) -> None:
         """Binds the queue (once); returns when results routed from now on reach this subscription."""
-        while not self._started:
+        if self._started:
+            return
+        self._started = True  # first: a connection opened meanwhile attaches it too
+        while True:
             link = await self._current_link()
             try:
                 await self.attach(link)
+                return
             except (aiormq.exceptions.AMQPConnectionError, ConnectionError, aiormq.exceptions.ChannelInvalidStateError):
                 if link.alive:
+                    self._started = False
                     raise
-                continue  # lost while binding: the next connection attaches it (or this loop does)
-            self._started = True
+                # Lost while binding: the next connection attaches it (attaching again there is a no-op).
+            except BaseException:
+                self._started = False
+                raise
 
     async def attach(self, link: Link) -> None:
         """On ``link`` (a new connection): a channel, the queue, its bindings and a consumer."""
@@ -124,6 +136,7 @@ class ResultSubscription:
                 await queue.bind(self.exchange, routing_key=key)
 
             async def on_message(message: AbstractIncomingMessage) -> None:
+                self._waiting += 1
                 self._buffer.put_nowait((message, link))
 
             await queue.consume(on_message)
@@ -149,6 +162,7 @@ class ResultSubscription:
                     raise item.error
                 raise StopAsyncIteration
             message, link = item
+            self._waiting -= 1
             if self.durable and not link.alive:
                 continue  # its channel is gone: the durable queue delivers it again on the new one
             try:
