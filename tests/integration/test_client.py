@@ -6,6 +6,7 @@ import asyncio
 import json
 import time
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import aiormq
 import pytest
@@ -135,6 +136,15 @@ async def test_a_missing_topology_is_named_and_an_unbound_exchange_is_refused(se
         finally:
             await channel.exchange_delete(client.names.jobs_exchange)
             await channel.close()
+
+
+async def test_refused_credentials_fail_the_client_at_once(settings: Settings) -> None:
+    parts = urlsplit(settings.amqp_url.get_secret_value())
+    wrong = urlunsplit(parts._replace(netloc=f"guest:not-the-password@{parts.hostname}:{parts.port or 5672}"))
+    with pytest.raises(aiormq.exceptions.ProbableAuthenticationError) as refused:
+        async with Client(wrong, topology_prefix=settings.topology_prefix):
+            pass
+    assert "not-the-password" not in str(refused.value)
 
 
 async def test_a_stopped_broker_fails_the_client_at_once() -> None:

@@ -139,13 +139,15 @@ class BrokerSupervisor:
         self, stop: asyncio.Event, on_connected: OnConnected, on_lost: OnLost, *, wait_for_first: bool = True,
     ) -> None:
         """``wait_for_first=False`` raises the first connection's failure as it is (a library caller wants a
-        wrong URL or a stopped broker at once); later losses are waited out the same either way."""
+        wrong URL, refused credentials or a stopped broker at once); later losses are handled the same either way."""
         failures = 0
         down_since: float | None = None
         while not stop.is_set():
             try:
                 link = await self._open(on_connected)
             except FATAL as exc:
+                if not wait_for_first and self.connections == 0:
+                    raise
                 raise BrokerUnavailable(
                     f"the broker refused the {self._process}: {type(exc).__name__}: {exc}"
                 ) from None
