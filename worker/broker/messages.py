@@ -36,8 +36,8 @@ DEFAULT_EXCHANGE = ""
 """RabbitMQ's default exchange: the routing key is a queue's name (how a result goes to a job's ``reply_to``)."""
 
 HEADER_MEANINGS: dict[str, str] = {
-    "traceparent": "W3C trace context, carried on from the job",
-    "tracestate": "W3C trace context, carried on from the job",
+    "traceparent": "W3C trace context: a job's is continued, its result and usage events carry it on",
+    "tracestate": "W3C trace context: a job's is continued, its result and usage events carry it on",
     HEADER_ERROR: "the error code that dead-lettered the job",
     HEADER_REASON: "why, in words (never the job's text or a key)",
     HEADER_ATTEMPTS: "provider calls made so far",
@@ -79,13 +79,13 @@ def message_routes(names: Topology) -> tuple[MessageRoute, ...]:
                      (WORKER,), (OPERATOR,), (*carried, HEADER_ERROR, HEADER_REASON, HEADER_TRUNCATED)),
         MessageRoute("result", names.results_exchange, "{workspace_id}.{automation_id}.{status}", CompletionResult,
                      "One final result per job; automation_id is _ when the job had none.",
-                     (WORKER,), (PUBLISHER, AGGREGATOR)),
+                     (WORKER,), (PUBLISHER, AGGREGATOR), TRACE_HEADERS),
         MessageRoute("reply", DEFAULT_EXCHANGE, "{reply_to}", CompletionResult,
                      "The same result, to the queue the job named in reply_to, with the job's correlation_id.",
-                     (WORKER,), (PUBLISHER,)),
+                     (WORKER,), (PUBLISHER,), TRACE_HEADERS),
         MessageRoute("usage_event", names.usage_exchange, "{workspace_id}.{provider}", UsageEvent,
                      "One event per billed provider call; event_id identifies the call.",
-                     (WORKER,), (AGGREGATOR,)),
+                     (WORKER,), (AGGREGATOR,), TRACE_HEADERS),
         MessageRoute("alert", names.alerts_exchange, "{workspace_id}.{kind}", Alert,
                      "An anomaly or budget alert.", (AGGREGATOR,), (OPERATOR,)),
         MessageRoute("rejected_usage_event", names.aggregator_dead_letter_exchange, None, UsageEvent,
