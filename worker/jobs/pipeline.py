@@ -226,7 +226,6 @@ class JobRunner:
                     attempts += 1
                 if failure.retryable:
                     transient_failures += 1
-                    self._metrics.retry(job.model.provider.value, failure.code.value)
                 if failure.code is ErrorCode.AUTH_FAILED and job.model.sealed_key:
                     self._cache.evict(binding_b64(job.workspace_id, endpoint), job.model.sealed_key)
                 decision = decide(
@@ -234,6 +233,9 @@ class JobRunner:
                     transient_failures=transient_failures, now=datetime.now(UTC), deadline=job.deadline,
                     first_seen=first_seen, policy=self._policy,
                 )
+                if not isinstance(decision, GiveUp):
+                    # A retry is a failure tried again; the one that ends the job is counted in byok_jobs_total.
+                    self._metrics.retry(job.model.provider.value, failure.code.value)
                 match decision:
                     case WaitInline(delay_s):
                         await asyncio.sleep(delay_s)
