@@ -5,9 +5,11 @@
 #
 # Safe to run again at any time: it only creates what is missing and rewrites the policies and roles to
 # what this file says. It does, in order:
-#   1. transit secrets engine at $BYOK_TRANSIT_MOUNT (if not enabled yet),
+#   1. transit secrets engine at $BYOK_TRANSIT_MOUNT (default byok-transit: a mount of BYOK's own, so the
+#      admin policy, which covers every key of its mount, can touch no one else's keys), if not enabled yet,
 #   2. policies byok-worker (decrypt only) and byok-admin (create/seal/rotate/rewrap, never decrypt)
-#      from worker.hcl and admin.hcl beside this script,
+#      from worker.hcl and admin.hcl beside this script, their "byok-transit/" paths written for
+#      $BYOK_TRANSIT_MOUNT,
 #   3. AppRole auth at $BYOK_APPROLE_MOUNT, role byok-worker -> policy byok-worker,
 #   4. Kubernetes auth at $BYOK_K8S_MOUNT, role byok-worker bound to service account byok-worker in
 #      namespace byok; the auth method's config (API server address) only when KUBERNETES_HOST is set,
@@ -18,7 +20,8 @@
 # Environment (all optional except the address and token):
 #   VAULT_ADDR / VAULT_TOKEN (or BAO_ADDR / BAO_TOKEN)  server and an operator token
 #   VAULT_BIN                      CLI to use (default: bao, else vault, from PATH)
-#   BYOK_TRANSIT_MOUNT=transit     must match the path in worker.hcl / admin.hcl and BYOK_VAULT_TRANSIT_MOUNT
+#   BYOK_TRANSIT_MOUNT=byok-transit  BYOK_VAULT_TRANSIT_MOUNT of the workers and `byok keys`; never a mount
+#                                  shared with other keys (letters, digits, '_' and '-' only)
 #   BYOK_APPROLE_MOUNT=approle     BYOK_VAULT_APPROLE_MOUNT of the workers
 #   BYOK_K8S_MOUNT=kubernetes      BYOK_VAULT_K8S_MOUNT of the workers
 #   BYOK_K8S_NAMESPACE=byok  BYOK_K8S_SERVICE_ACCOUNT=byok-worker  BYOK_K8S_AUDIENCE=vault
@@ -54,7 +57,11 @@ export VAULT_ADDR VAULT_TOKEN BAO_ADDR BAO_TOKEN
 if [ -n "${VAULT_CACERT:-}" ]; then BAO_CACERT=$VAULT_CACERT; export BAO_CACERT; fi
 if [ -n "${VAULT_NAMESPACE:-}" ]; then BAO_NAMESPACE=$VAULT_NAMESPACE; export BAO_NAMESPACE; fi
 
-transit=${BYOK_TRANSIT_MOUNT:-transit}
+transit=${BYOK_TRANSIT_MOUNT:-byok-transit}
+case $transit in
+  '' | *[!A-Za-z0-9_-]*) die "BYOK_TRANSIT_MOUNT may hold only letters, digits, '_' and '-'" ;;
+  *) ;;
+esac
 approle=${BYOK_APPROLE_MOUNT:-approle}
 k8s=${BYOK_K8S_MOUNT:-kubernetes}
 role=byok-worker
@@ -90,10 +97,11 @@ else
   log "enabled transit at $transit/"
 fi
 
-# 2. Policies (rewritten every run: the files are the source of truth).
-v policy write "$worker_policy" "$here/worker.hcl" >/dev/null
-v policy write "$admin_policy" "$here/admin.hcl" >/dev/null
-log "wrote policies $worker_policy and $admin_policy"
+# 2. Policies (rewritten every run: the files are the source of truth), for the mount of step 1.
+for_mount() { sed "s|^path \"byok-transit/|path \"$transit/|" "$here/$1"; }
+for_mount worker.hcl | v policy write "$worker_policy" - >/dev/null
+for_mount admin.hcl | v policy write "$admin_policy" - >/dev/null
+log "wrote policies $worker_policy and $admin_policy for $transit/"
 
 # 3. AppRole.
 if mounted "$auth_list" "$approle"; then

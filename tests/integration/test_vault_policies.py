@@ -9,6 +9,7 @@ An allowed cell must really succeed; any other error fails the test as well.
 from __future__ import annotations
 
 import base64
+import re
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,10 +27,17 @@ POLICY_DIR = Path(__file__).resolve().parents[2] / "deploy" / "vault"
 SAMPLE_KEY = b"sk-policy-matrix-0123456789abcdef"
 
 
-def write_policy(vault: VaultServer, which: str) -> str:
-    """Writes deploy/vault/<which>.hcl under a unique name; returns the name."""
+def policy_for_mount(which: str, mount: str) -> str:
+    """deploy/vault/<which>.hcl written for transit at ``mount``, as deploy/vault/setup.sh writes it: the files'
+    paths name BYOK's own mount ``byok-transit/``; the session's OpenBao has the workers' default ``transit/``."""
+    text = (POLICY_DIR / f"{which}.hcl").read_text()
+    return re.sub(r'^path "byok-transit/', f'path "{mount}/', text, flags=re.M)
+
+
+def write_policy(vault: VaultServer, which: str, mount: str = "transit") -> str:
+    """Writes deploy/vault/<which>.hcl (for transit at ``mount``) under a unique name; returns the name."""
     name = f"byok-{which}-{secrets.token_hex(4)}"
-    vault.client().sys.create_or_update_policy(name, (POLICY_DIR / f"{which}.hcl").read_text())
+    vault.client().sys.create_or_update_policy(name, policy_for_mount(which, mount))
     return name
 
 
