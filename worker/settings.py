@@ -124,13 +124,23 @@ class ConsumptionSettings(StoreSettings):
     prices_file: str | None = None
 
 
-class WorkerSettings(ProcessSettings, VaultSettings, StoreSettings):
+class TopologySettings(ProcessSettings):
+    """``byok topology declare``: the broker, the prefix and the one topology argument that is a setting."""
+
+    delivery_limit: int = Field(default=5, ge=1, description="quorum queue x-delivery-limit for byok.jobs")
+
+
+class WorkerSettings(TopologySettings, VaultSettings, StoreSettings):
     """``byok worker``. ``BYOK_STORE_URL`` is here, from ``StoreSettings`` (one definition, shared with the
     aggregator), though the worker does not open the store yet: budgets, enforced by the worker before each
     provider call, will read spend from it."""
 
     prefetch: int = Field(default=64, ge=1, le=65535)
-    delivery_limit: int = Field(default=5, ge=1, description="quorum queue x-delivery-limit for byok.jobs")
+    declare_topology: bool = Field(
+        default=True,
+        description="declare the topology on each connection (needs configure permission); false: only check "
+                    "that it exists (passive declarations), as `byok topology declare` made it",
+    )
 
     unseal_cache_ttl_s: float = Field(default=300.0, ge=0)
     unseal_cache_size: int = Field(default=10_000, ge=1)

@@ -43,7 +43,7 @@ try:
 except ModuleNotFoundError:  # run from a checkout without the package installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from worker.broker.names import Topology
-from worker.broker.topology import TopologySpec, aggregator_topology, topology_spec
+from worker.broker.topology import aggregator_topology, deployed_topology
 
 HASHING_ALGORITHM = "rabbit_password_hashing_sha256"
 
@@ -71,11 +71,15 @@ def users(names: Topology) -> tuple[UserSpec, ...]:
     mine = aggregator_topology(names)
     my_queues = [q.name for q in mine.queues]
     return (
-        # Declares the whole topology on start (configure), consumes jobs and dead letters, binds its queues
-        # (read on the exchanges), publishes results/usage/delays/dead letters and replies to reply_to
-        # queues through the default exchange (write on amq.default).
-        UserSpec("worker", "byok-worker", (), configure=f"^{p}\\..*$",
+        # Configures nothing (it runs with BYOK_DECLARE_TOPOLOGY=false and only checks that the topology
+        # exists, passively); consumes jobs, publishes results/usage/delays/dead letters and replies to
+        # reply_to queues through the default exchange (write on amq.default).
+        UserSpec("worker", "byok-worker", (), configure="^$",
                  write=f"^({p}\\..*|amq\\.default)$", read=f"^{p}\\..*$"),
+        # `byok topology declare`: declares every exchange, queue and binding of the prefix (binding needs
+        # write on the queue and read on the exchange). Used by deploy's set-up only, never by a process.
+        UserSpec("topology", "byok-topology", (), configure=f"^{p}\\..*$", write=f"^{p}\\..*$",
+                 read=f"^{p}\\..*$"),
         # Publishes jobs and nothing else; reads results through its own server-named exclusive queues
         # (amq.gen-*), bound to <prefix>.results or used as the job's reply_to.
         UserSpec("publisher", "byok-publisher", (), configure="^amq\\.gen-.*$",
@@ -98,24 +102,6 @@ def users(names: Topology) -> tuple[UserSpec, ...]:
 
 def _any_of(*names: str) -> str:
     return "^(" + "|".join(re.escape(n) for n in names) + ")$"
-
-
-def deployed_topology(names: Topology, *, delivery_limit: int) -> TopologySpec:
-    """The worker's topology and the aggregator's, each object once (declared identically by both)."""
-    parts = (topology_spec(names, delivery_limit=delivery_limit), aggregator_topology(names))
-    exchanges: dict[str, Any] = {}
-    queues: dict[str, Any] = {}
-    bindings: dict[tuple[str, str, str], Any] = {}
-    for part in parts:
-        for e in part.exchanges:
-            if exchanges.setdefault(e.name, e) != e:
-                raise ValueError(f"exchange {e.name} is declared two ways")
-        for q in part.queues:
-            if queues.setdefault(q.name, q) != q:
-                raise ValueError(f"queue {q.name} is declared two ways")
-        for b in part.bindings:
-            bindings.setdefault((b.exchange, b.queue, b.routing_key), b)
-    return TopologySpec(tuple(exchanges.values()), tuple(queues.values()), tuple(bindings.values()))
 
 
 def hash_password(password: str, salt: bytes | None = None) -> str:

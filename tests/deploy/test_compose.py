@@ -23,7 +23,7 @@ from worker.aggregator.settings import AggregatorSettings
 from worker.settings import Settings
 
 COMPOSE_PATH = DEPLOY / "compose.yaml"
-BYOK_SERVICES = ("setup-rabbitmq", "worker", "aggregator", "simulator")
+BYOK_SERVICES = ("setup-rabbitmq", "setup-topology", "worker", "aggregator", "simulator")
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +62,8 @@ def test_the_schema_check_catches_mistakes(compose: dict[str, Any], validator: j
 
 def test_the_stack_has_every_component(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert set(services) == {"rabbitmq", "vault", "postgres", "setup", "setup-rabbitmq", "worker", "aggregator",
-                             "simulator"}
+    assert set(services) == {"rabbitmq", "vault", "postgres", "setup", "setup-rabbitmq", "setup-topology", "worker",
+                             "aggregator", "simulator"}
     assert services["rabbitmq"]["image"].startswith("rabbitmq:3") and "management" in services["rabbitmq"]["image"]
     assert services["postgres"]["image"].startswith("postgres:")
     assert "openbao" in services["vault"]["image"] and "-dev" in services["vault"]["command"]
@@ -117,7 +117,14 @@ def test_setup_runs_before_the_processes(compose: dict[str, Any]) -> None:
                 if script.startswith(target):
                     assert (COMPOSE_PATH.parent / source / Path(script).relative_to(target)).is_file()
     done = {"condition": "service_completed_successfully"}
-    assert services["worker"]["depends_on"] == {"setup": done, "setup-rabbitmq": done}
+    assert services["worker"]["depends_on"] == {"setup": done, "setup-topology": done}
+    # The topology is declared by its own broker user, after the users exist; the workers' user only checks it.
+    topology = services["setup-topology"]
+    assert topology["command"] == ["topology", "declare"] and topology["restart"] == "no"
+    assert topology["depends_on"] == {"setup-rabbitmq": done}
+    assert topology["environment"]["BYOK_AMQP_URL"].startswith("amqp://byok-topology:")
+    assert services["worker"]["environment"]["BYOK_DECLARE_TOPOLOGY"] == "false"
+    assert topology["environment"]["BYOK_DELIVERY_LIMIT"] == services["worker"]["environment"]["BYOK_DELIVERY_LIMIT"]
     assert services["aggregator"]["depends_on"]["setup-rabbitmq"] == done
     # The AppRole files the setup writes are what the worker reads.
     assert setup["environment"]["BYOK_ROLE_ID_FILE"] in services["worker"]["entrypoint"][2]
@@ -135,7 +142,7 @@ def test_each_process_connects_as_its_own_broker_user(compose: dict[str, Any]) -
 
 def test_settings_names_are_real(compose: dict[str, Any]) -> None:
     known = {f"BYOK_{field.upper()}" for field in (*Settings.model_fields, *AggregatorSettings.model_fields)}
-    for name in ("worker", "aggregator"):
+    for name in ("worker", "aggregator", "setup-topology"):
         assert set(compose["services"][name]["environment"]) <= known, name
 
 

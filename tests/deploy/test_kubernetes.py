@@ -53,8 +53,9 @@ def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
 
 
 def pod_templates(docs: list[Doc]) -> Iterator[tuple[Doc, Doc]]:
-    for deployment in objects(docs, "Deployment"):
-        yield deployment, deployment["spec"]["template"]
+    """Every pod the manifests run: the Deployments' and the topology Job's."""
+    for workload in (*objects(docs, "Deployment"), *objects(docs, "Job")):
+        yield workload, workload["spec"]["template"]
 
 
 def configmap_env(docs: list[Doc], container: Doc) -> dict[str, str]:
@@ -235,7 +236,8 @@ def test_services_monitors_budgets_and_policies_select_the_pods(renders: dict[st
         return {n for n, t in pods.items() if selects(selector, t["metadata"]["labels"])}
 
     for deployment, template in pod_templates(docs):
-        assert selects(deployment["spec"]["selector"]["matchLabels"], template["metadata"]["labels"])
+        if deployment["kind"] == "Deployment":
+            assert selects(deployment["spec"]["selector"]["matchLabels"], template["metadata"]["labels"])
     for service in objects(docs, "Service"):
         selected = pods_selected(service["spec"]["selector"])
         assert len(selected) == 1, service["metadata"]["name"]
@@ -362,3 +364,24 @@ def test_the_production_overlay_changes_what_it_says() -> None:
     assert one(production, "Deployment", "byok-aggregator")["spec"]["replicas"] == 2
     vault_rule = one(production, "NetworkPolicy", "byok-worker")["spec"]["egress"][2]
     assert vault_rule["ports"][0]["port"] == 8200 and "ipBlock" in vault_rule["to"][0]
+
+
+@pytest.mark.parametrize("name", sorted(RENDERS))
+def test_an_admin_job_declares_the_topology_and_the_worker_only_checks_it(
+    renders: dict[str, list[Doc]], name: str
+) -> None:
+    """The worker's broker user needs no configure permission: the byok-topology Job declares, with the
+    workers' prefix and delivery limit, under an identity of its own, and reaches only DNS and the broker."""
+    docs = renders[name]
+    worker = one(docs, "Deployment", "byok-worker")["spec"]["template"]["spec"]["containers"][0]
+    job = one(docs, "Job", "byok-topology")["spec"]["template"]["spec"]
+    container = job["containers"][0]
+    assert container["args"] == ["topology", "declare"]
+    assert configmap_env(docs, worker)["BYOK_DECLARE_TOPOLOGY"] == "false"
+    assert container["envFrom"] == worker["envFrom"], "the same prefix and delivery limit as the workers"
+    secret = {v["name"]: v["valueFrom"]["secretKeyRef"] for v in container["env"]}
+    assert secret == {"BYOK_AMQP_URL": {"name": "byok-topology", "key": "amqp-url"}}
+    assert job["serviceAccountName"] == "byok-topology" and job["restartPolicy"] == "OnFailure"
+    policy = one(docs, "NetworkPolicy", "byok-topology")["spec"]
+    assert {p["port"] for rule in policy["egress"] for p in rule["ports"]} == {53, 5672, 5671}
+    assert policy["ingress"] == []

@@ -29,6 +29,7 @@ from tests.broker import running
 from tests.deploy.conftest import DEPLOY
 from tests.services import RABBIT_HOST, RABBIT_PORT, VaultServer, wait_for_port
 from tests.waiting import wait_until_sync
+from worker.broker.connection import BrokerUnavailable
 from worker.broker.names import JOB_ROUTING_KEY, Topology
 from worker.broker.topology import aggregator_topology, declare_topology, topology_spec
 from worker.cli.submit import submit
@@ -99,8 +100,8 @@ def test_every_queue_a_process_consumes_dead_letters_into_a_declared_queue() -> 
 
 def test_no_password_is_checked_in() -> None:
     definitions = json.loads(DEFINITIONS.read_text())
-    assert {u["name"] for u in definitions["users"]} == {"byok-worker", "byok-publisher", "byok-aggregator",
-                                                         "byok-keda"}
+    assert {u["name"] for u in definitions["users"]} == {"byok-worker", "byok-topology", "byok-publisher",
+                                                         "byok-aggregator", "byok-keda"}
     assert all(u["password_hash"] == "" for u in definitions["users"])
     assert not any("administrator" in u["tags"] for u in definitions["users"])
 
@@ -108,12 +109,12 @@ def test_no_password_is_checked_in() -> None:
 def test_passwords_are_hashed_only_when_asked(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    for user in ("WORKER", "PUBLISHER", "AGGREGATOR", "KEDA"):
+    for user in ("WORKER", "TOPOLOGY", "PUBLISHER", "AGGREGATOR", "KEDA"):
         monkeypatch.setenv(f"BYOK_RABBIT_{user}_PASSWORD", f"pw-{user.lower()}")
     assert render_definitions.main(["--passwords-from-env"]) == 0
     rendered = json.loads(capsys.readouterr().out)
     hashes = [u["password_hash"] for u in rendered["users"]]
-    assert all(hashes) and len(set(hashes)) == 4
+    assert all(hashes) and len(set(hashes)) == 5
     assert "pw-worker" not in json.dumps(rendered)
     monkeypatch.delenv("BYOK_RABBIT_KEDA_PASSWORD")
     with pytest.raises(SystemExit, match="BYOK_RABBIT_KEDA_PASSWORD"):
@@ -181,6 +182,7 @@ def _settings(imported: Imported, vault: VaultServer, **overrides: Any) -> Setti
     values: dict[str, Any] = {
         "amqp_url": imported.url("worker"), "topology_prefix": "byok", "vault_addr": vault.addr,
         "vault_token": vault.root_token, "metrics_listen": "127.0.0.1:0", "shutdown_grace_s": 2,
+        "declare_topology": False,  # as deployed: byok-worker may configure nothing
         "store_url": "sqlite:///:memory:", "allowed_hosts": frozenset({"127.0.0.1"}),  # the simulator
         **overrides,
     }
@@ -198,6 +200,10 @@ async def _refused(action: Any) -> bool:
 async def test_a_worker_starts_on_the_imported_definitions_and_users_stay_in_their_lane(
     imported: Imported, vault: VaultServer, simulator: ProviderSimulator
 ) -> None:
+    # byok-worker configures nothing: a worker that declares is refused, one that only checks starts.
+    with pytest.raises(BrokerUnavailable, match="ACCESS_REFUSED"):
+        async with running(Worker(_settings(imported, vault, declare_topology=True))):
+            pass
     with structlog.testing.capture_logs() as logs:
         async with running(Worker(_settings(imported, vault))) as worker:
             assert worker.ready.is_set()
@@ -255,7 +261,7 @@ async def test_a_topology_that_differs_from_the_definitions_is_refused(imported:
     """The control for the test above: the same declaration passes, a different one (here the delivery
     limit) is a PRECONDITION_FAILED, so a clean start really means the file matches the worker."""
     spec = topology_spec(NAMES, delivery_limit=Settings().delivery_limit)
-    connection = await aio_pika.connect(imported.url("worker"))
+    connection = await aio_pika.connect(imported.url("topology"))
     async with connection:
         await declare_topology(await connection.channel(), spec)
         with pytest.raises(aiormq.exceptions.ChannelPreconditionFailed, match="x-delivery-limit"):

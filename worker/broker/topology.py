@@ -116,6 +116,15 @@ async def declare_topology(channel: AbstractChannel, spec: TopologySpec) -> None
         await queues[binding.queue].bind(exchanges[binding.exchange], routing_key=binding.routing_key)
 
 
+async def check_topology(channel: AbstractChannel, spec: TopologySpec) -> None:
+    """Passive declarations only, for a user without configure permission: every exchange and queue must exist
+    (a missing one closes the channel with NOT_FOUND). Bindings cannot be checked passively."""
+    for exchange in spec.exchanges:
+        await channel.declare_exchange(exchange.name, aio_pika.ExchangeType(exchange.kind), passive=True)
+    for queue in spec.queues:
+        await channel.declare_queue(queue.name, passive=True)
+
+
 FAILED_RESULTS_BINDING = "*.*.failed"
 
 
@@ -140,3 +149,22 @@ def aggregator_topology(names: Topology) -> TopologySpec:
             dead_binding,
         ),
     )
+
+
+def deployed_topology(names: Topology, *, delivery_limit: int) -> TopologySpec:
+    """The worker's topology and the aggregator's, each object once (declared identically by both): what
+    ``byok topology declare`` declares and ``deploy/rabbitmq/definitions.json`` holds."""
+    parts = (topology_spec(names, delivery_limit=delivery_limit), aggregator_topology(names))
+    exchanges: dict[str, ExchangeSpec] = {}
+    queues: dict[str, QueueSpec] = {}
+    bindings: dict[tuple[str, str, str], BindingSpec] = {}
+    for part in parts:
+        for e in part.exchanges:
+            if exchanges.setdefault(e.name, e) != e:
+                raise ValueError(f"exchange {e.name} is declared two ways")
+        for q in part.queues:
+            if queues.setdefault(q.name, q) != q:
+                raise ValueError(f"queue {q.name} is declared two ways")
+        for b in part.bindings:
+            bindings.setdefault((b.exchange, b.queue, b.routing_key), b)
+    return TopologySpec(tuple(exchanges.values()), tuple(queues.values()), tuple(bindings.values()))

@@ -41,9 +41,9 @@ def explain(exc: AMQPError | ConnectionError, settings: ProcessSettings) -> str:
         if missing:
             kind, name, vhost = missing.groups()
             return (f"the broker at {where} has no {kind} {name!r} in vhost {vhost!r}: the topology with "
-                    f"BYOK_TOPOLOGY_PREFIX={settings.topology_prefix!r} is not declared there. Start `byok worker` "
-                    "once with the same BYOK_AMQP_URL and BYOK_TOPOLOGY_PREFIX (it declares every exchange and "
-                    "queue), or load deploy/rabbitmq/definitions.json into the broker")
+                    f"BYOK_TOPOLOGY_PREFIX={settings.topology_prefix!r} is not declared there. Run `byok topology "
+                    "declare` (or start `byok worker` once) with the same BYOK_AMQP_URL and BYOK_TOPOLOGY_PREFIX, "
+                    "or load deploy/rabbitmq/definitions.json into the broker")
         return f"the broker at {where} refused: {exc}"
     if isinstance(exc, AMQPConnectionError | ConnectionError):
         return (f"cannot connect to the broker at {where} ({type(exc).__name__}): is RabbitMQ running there? "

@@ -32,6 +32,7 @@ main settings (environment; README.md lists them all):
   BYOK_VAULT_AUTH        token, approle or kubernetes; with token: BYOK_VAULT_TOKEN (may only decrypt)
   BYOK_ALLOWED_HOSTS     comma-separated hosts the worker may call (set it to reach a local simulator)
   BYOK_PREFETCH          jobs in flight (64)
+  BYOK_DECLARE_TOPOLOGY  declare the topology (true); false: only check it exists (`byok topology declare`)
   BYOK_SHUTDOWN_GRACE_S  drain period after SIGTERM (30)
   BYOK_METRICS_LISTEN    /livez, /readyz, /metrics (127.0.0.1:9464)
   BYOK_LOG_LEVEL, BYOK_LOG_FORMAT  info, json
@@ -44,7 +45,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     worker = commands.add_parser(
         "worker", help="consume completion jobs (settings from BYOK_* variables)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Consumes completion jobs from the jobs queue (declaring the broker topology first), unseals\n"
+        description="Consumes completion jobs from the jobs queue (declaring the broker topology first, or with\n"
+                    "BYOK_DECLARE_TOPOLOGY=false checking that `byok topology declare` made it), unseals\n"
                     "each workspace's provider key through Vault transit (decrypt only), calls the provider and\n"
                     "publishes the result and a usage event. Runs until SIGTERM or Ctrl-C, then drains.",
         epilog=WORKER_SETTINGS,

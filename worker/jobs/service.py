@@ -21,7 +21,7 @@ from httpx_aiohttp import AiohttpTransport
 from worker.broker.connection import BrokerSupervisor, Link
 from worker.broker.names import Topology
 from worker.broker.publisher import Publisher
-from worker.broker.topology import declare_topology, topology_spec
+from worker.broker.topology import check_topology, declare_topology, topology_spec
 from worker.jobs.consumer import JobConsumer
 from worker.jobs.health import HealthServer, HealthState
 from worker.jobs.metrics import WorkerMetrics
@@ -111,7 +111,11 @@ class Worker:
         channel = await link.connection.channel(publisher_confirms=True)
         await link.watch(channel)
         await channel.set_qos(prefetch_count=settings.prefetch)
-        await declare_topology(channel, topology_spec(self.names, delivery_limit=settings.delivery_limit))
+        spec = topology_spec(self.names, delivery_limit=settings.delivery_limit)
+        if settings.declare_topology:
+            await declare_topology(channel, spec)
+        else:  # an admin declared it (`byok topology declare`); this broker user may have no configure permission
+            await check_topology(channel, spec)
         publisher = Publisher(channel)
         if self._consumer is None:
             self._consumer = JobConsumer(runner, publisher, self.names, self.metrics,
