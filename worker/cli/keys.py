@@ -24,6 +24,7 @@ from pydantic import SecretStr
 
 from schemas.models import Provider
 from worker.cli.common import configured_settings
+from worker.cli.parser import OneLineParser
 from worker.keys.admin import KeyAdmin, KeyAdminError, KeyStatus, KeyUsageError
 from worker.keys.endpoint import Endpoint, EndpointError, check_destination
 from worker.settings import VaultSettings
@@ -102,7 +103,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     status.set_defaults(func=_status)
 
 
-class _NoEchoParser(argparse.ArgumentParser):
+class _NoEchoParser(OneLineParser):
     """Refuses leftover arguments without echoing them (argparse's own error would): one may be a key."""
 
     def parse_known_args(  # type: ignore[override]

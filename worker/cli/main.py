@@ -9,10 +9,11 @@ from collections.abc import Sequence
 from worker import __version__
 from worker.cli import aggregator, consumption, dlq, keys, simulate, submit, topology, worker
 from worker.cli.common import run_command
+from worker.cli.parser import OneLineParser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="byok", description="Bring-your-own-key LLM completion worker.")
+    parser = OneLineParser(prog="byok", description="Bring-your-own-key LLM completion worker.")
     parser.add_argument("--version", action="version", version=f"byok {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
