@@ -35,6 +35,7 @@ from worker.broker.names import (
 )
 from worker.cli.broker_errors import BrokerProblem, broker_problems
 from worker.cli.common import configured_settings
+from worker.cli.parser import bounded
 from worker.settings import ProcessSettings
 
 REPLAY_HEADER = HEADER_REPLAYED
@@ -213,7 +214,7 @@ def register(subparsers: Any) -> None:
         parser = verbs.add_parser(verb, help=text, description=description, epilog=DLQ_EPILOG)
         parser.add_argument("--workspace", help="only this workspace's jobs")
         parser.add_argument("--reason", help="only this error code (e.g. provider_error, invalid_job, delivery_limit)")
-        parser.add_argument("--limit", type=int, default=100 if verb == "list" else 1000)
+        parser.add_argument("--limit", type=bounded(int, 1), default=100 if verb == "list" else 1000)
         parser.add_argument("--json", action="store_true")
         parser.set_defaults(func=_run)
     show = verbs.add_parser("show", help="one dead letter: headers and body", epilog=DLQ_EPILOG,

@@ -24,7 +24,7 @@ from pydantic import SecretStr
 
 from schemas.models import Provider
 from worker.cli.common import configured_settings
-from worker.cli.parser import OneLineParser
+from worker.cli.parser import OneLineParser, bounded
 from worker.keys.admin import KeyAdmin, KeyAdminError, KeyStatus, KeyUsageError
 from worker.keys.endpoint import Endpoint, EndpointError, check_destination
 from worker.settings import VaultSettings
@@ -90,7 +90,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                     "stop opening, and jobs carrying them fail with key_unavailable.",
     )
     _workspace(retire)
-    retire.add_argument("--before-version", type=int, metavar="N",
+    retire.add_argument("--before-version", type=bounded(int, 1), metavar="N",
                         help="retire versions below N (default: the latest version)")
     retire.set_defaults(func=_retire)
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import NoReturn
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 USAGE_ERROR_EXIT = 2
 
@@ -18,3 +19,21 @@ class OneLineParser(argparse.ArgumentParser):
         text = " ".join(message.split())
         sys.stderr.write(f"{self.prog}: {text} (see {self.prog} --help)\n")
         sys.exit(USAGE_ERROR_EXIT)
+
+
+def bounded(kind: Callable[[str], float], low: float, high: float | None = None) -> Callable[[str], Any]:
+    """An argument ``type``: a number of ``kind`` (int or float) within [low, high]; anything else is a usage
+    error naming the bounds (a negative ``--limit`` or a port above 65535 is refused before anything runs)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if value < low or (high is not None and value > high) or value != value:  # NaN is never in range
+            bounds = f"from {low:g} to {high:g}" if high is not None else f"at least {low:g}"
+            raise argparse.ArgumentTypeError(f"expected {bounds}, got {text!r}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 
+from worker.cli.parser import bounded
 from worker.logging_setup import configure_logging
 
 
@@ -43,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         epilog="reads no BYOK_* settings. A worker calling it needs its host in BYOK_ALLOWED_HOSTS.",
     )
     sim.add_argument("--host", default="127.0.0.1")
-    sim.add_argument("--port", type=int, default=8099, help="0 for any free port (default 8099)")
-    sim.add_argument("--latency-ms", type=float, default=0.0, help="added to every answer")
+    sim.add_argument("--port", type=bounded(int, 0, 65535), default=8099, help="0 for any free port (default 8099)")
+    sim.add_argument("--latency-ms", type=bounded(float, 0), default=0.0, help="added to every answer")
     sim.set_defaults(func=_simulate)
 

@@ -15,6 +15,7 @@ from schemas.models import MAX_JOB_BYTES, CompletionJob, CompletionResult
 from worker.broker.connection import BrokerUnavailable
 from worker.cli.broker_errors import BrokerProblem, broker_problems
 from worker.cli.common import configured_settings
+from worker.cli.parser import bounded
 from worker.client import Client, JobNotRouted, ReplyLost
 from worker.settings import ProcessSettings
 
@@ -84,6 +85,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     job.add_argument("--file", required=True, help="job JSON file, or - for stdin")
     job.add_argument("--wait", action="store_true", help="wait for the result and print it")
-    job.add_argument("--timeout", type=float, default=120.0, help="seconds to wait with --wait (default 120)")
+    job.add_argument("--timeout", type=bounded(float, 0.001), default=120.0,
+                     help="seconds to wait with --wait (default 120)")
     job.set_defaults(func=_submit)
 

@@ -41,7 +41,7 @@ def valid_args(parser: argparse.ArgumentParser) -> list[str]:
 def bad_value(parser: argparse.ArgumentParser) -> list[str] | None:
     """An option given a value it refuses (a number that is not one, a choice not offered), if the verb has one."""
     for action in parser._actions:
-        if action.option_strings and action.nargs != 0 and action.type in (int, float):
+        if action.option_strings and action.nargs != 0 and getattr(action.type, "__name__", "") in ("int", "float"):
             return [action.option_strings[0], "not-a-number"]
         if action.option_strings and action.choices:
             return [action.option_strings[0], "no-such-choice"]
@@ -80,6 +80,20 @@ def test_a_bad_value_is_one_line_and_exit_2(verb: str, capsys: pytest.CaptureFix
                                   ["topology", "drop"]])
 def test_an_unknown_or_missing_verb_is_one_line_and_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     usage_error(argv, capsys)
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["dlq", "list", "--limit", "-5"], "byok dlq list: argument --limit: expected at least 1, got '-5'"),
+    (["dlq", "replay", "--limit", "0"], "byok dlq replay: argument --limit: expected at least 1, got '0'"),
+    (["simulate-provider", "--port", "70000"], "argument --port: expected from 0 to 65535, got '70000'"),
+    (["simulate-provider", "--latency-ms", "nan"], "argument --latency-ms: expected at least 0, got 'nan'"),
+    (["submit", "--file", "-", "--timeout", "0"], "argument --timeout: expected at least 0.001, got '0'"),
+    (["keys", "retire", "ws1", "--before-version", "0"], "argument --before-version: expected at least 1"),
+])
+def test_a_number_out_of_range_is_a_usage_error(
+    argv: list[str], expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert expected in usage_error(argv, capsys)
 
 
 def test_every_verb_is_covered() -> None:
