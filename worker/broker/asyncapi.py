@@ -21,7 +21,7 @@ from schemas.generate import MODELS, SCHEMA_DIR
 from schemas.models import AlertKind, Provider, Status
 from worker.broker.messages import DEFAULT_EXCHANGE, HEADER_MEANINGS, MessageRoute, message_routes
 from worker.broker.names import CONTENT_TYPE, DELAY_STEPS_MS, Topology
-from worker.broker.topology import ExchangeSpec, TopologySpec, aggregator_topology, topology_spec
+from worker.broker.topology import ExchangeSpec, TopologySpec, deployed_topology
 from worker.settings import WorkerSettings
 
 ASYNCAPI_VERSION = "3.0.0"
@@ -112,18 +112,7 @@ def _channel(exchange: ExchangeSpec | None, routes: list[MessageRoute], spec: To
 
 
 def _whole_topology(names: Topology) -> TopologySpec:
-    worker = topology_spec(names, delivery_limit=WorkerSettings.model_fields["delivery_limit"].default)
-    aggregator = aggregator_topology(names)
-
-    def unique(*groups: tuple[Any, ...]) -> tuple[Any, ...]:
-        # By name (a binding by all three): the aggregator declares some of the worker's objects too.
-        kept: dict[str, Any] = {}
-        for item in (item for group in groups for item in group):
-            kept.setdefault(repr(item), item)
-        return tuple(kept.values())
-
-    return TopologySpec(unique(worker.exchanges, aggregator.exchanges), unique(worker.queues, aggregator.queues),
-                        unique(worker.bindings, aggregator.bindings))
+    return deployed_topology(names, delivery_limit=WorkerSettings.model_fields["delivery_limit"].default)
 
 
 def _operations(routes: tuple[MessageRoute, ...], names: Topology) -> dict[str, Any]:
