@@ -129,14 +129,14 @@ class ProviderCallRecord(BaseModel):
 
 def test_new_models_and_exchanges_are_picked_up_without_edits(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(MODELS, "provider_call.v1.schema.json", ProviderCallRecord)
-    real_topology = asyncapi.topology_spec
+    real_topology = asyncapi.deployed_topology
 
     def with_another_exchange(names: Topology, *, delivery_limit: int) -> TopologySpec:
         spec = real_topology(names, delivery_limit=delivery_limit)
         return TopologySpec((*spec.exchanges, ExchangeSpec(f"{names.prefix}.calls", "topic")), spec.queues,
                             spec.bindings)
 
-    monkeypatch.setattr(asyncapi, "topology_spec", with_another_exchange)
+    monkeypatch.setattr(asyncapi, "deployed_topology", with_another_exchange)
     document = asyncapi.document()
     message = document["components"]["messages"]["provider_call_v1"]
     assert message["payload"]["schema"] == {"$ref": "./json/provider_call.v1.schema.json"}
