@@ -8,7 +8,7 @@ from pathlib import Path
 import orjson
 from pydantic import BaseModel
 
-from schemas.models import Alert, CompletionJob, CompletionResult, UsageEvent
+from schemas.models import Alert, CompletionJob, CompletionResult, ProviderCallRecord, UsageEvent
 
 SCHEMA_DIR = Path(__file__).parent / "json"
 MODELS: dict[str, type[BaseModel]] = {
@@ -16,6 +16,7 @@ MODELS: dict[str, type[BaseModel]] = {
     "completion_result.v1.schema.json": CompletionResult,
     "usage_event.v1.schema.json": UsageEvent,
     "alert.v1.schema.json": Alert,
+    "provider_call.v1.schema.json": ProviderCallRecord,
 }
 
 

@@ -41,6 +41,7 @@ JOB_SCHEMA: Final = "byok.completion_job.v1"
 RESULT_SCHEMA: Final = "byok.completion_result.v1"
 USAGE_SCHEMA: Final = "byok.usage_event.v1"
 ALERT_SCHEMA: Final = "byok.alert.v1"
+PROVIDER_CALL_SCHEMA: Final = "byok.provider_call.v1"
 
 MAX_JOB_BYTES = 1024 * 1024
 MAX_METADATA_BYTES = 16 * 1024
@@ -274,6 +275,35 @@ class UsageEvent(TokenCounts):
         description="False when the provider's response carried no usage: the counts are unknown, not zero.",
     )
     raw_usage: dict[str, Any] | None = None
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class CallState(StrEnum):
+    STARTED = "started"
+    NOT_BILLED = "not_billed"
+
+
+class ProviderCallRecord(_Message):
+    """A provider call that may be billed, published (confirmed) before the request is sent.
+
+    Its ``call_id`` is the ``event_id`` of the usage event that completes it. A call that ends with an answer
+    the provider does not bill (an error status, or a request refused before it was sent) is closed by a
+    second record with ``state: not_billed``. A call that neither reports nor closes (the worker died, or the
+    broker connection dropped before the usage event was confirmed) shows as ``unreported_calls``. No prompt,
+    output or key is carried.
+    """
+
+    schema_: Literal["byok.provider_call.v1"] = Field(default=PROVIDER_CALL_SCHEMA, alias="schema")
+    call_id: Annotated[str, StringConstraints(min_length=1, max_length=256)]
+    job_id: JobId
+    workspace_id: Identifier
+    automation_id: Identifier | None = None
+    provider: Provider
+    model: StoredText
+    started_at: UtcDatetime
+    state: CallState = CallState.STARTED
+    ended_at: UtcDatetime | None = Field(default=None, description="when a not_billed call ended")
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

@@ -122,6 +122,11 @@ class ConsumptionSettings(StoreSettings):
     """What reading consumption takes: the store and the price table (``byok consumption``, the aggregator)."""
 
     prices_file: str | None = None
+    unreported_grace_s: float = Field(
+        default=600.0, ge=0,
+        description="a provider call still without its usage event this long after it started is reported in "
+        "unreported_calls",
+    )
 
 
 class TopologySettings(ProcessSettings):

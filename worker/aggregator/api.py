@@ -13,7 +13,13 @@ from aiohttp import web
 
 from schemas.models import IDENTIFIER_PATTERN
 from worker.aggregator.alerts import AlertKind
-from worker.aggregator.consumption import QueryError, consumption, parse_group_by, parse_instant
+from worker.aggregator.consumption import (
+    DEFAULT_UNREPORTED_GRACE_S,
+    QueryError,
+    consumption,
+    parse_group_by,
+    parse_instant,
+)
 from worker.aggregator.db import StoreError
 from worker.aggregator.metrics import AggregatorMetrics
 from worker.aggregator.openapi import openapi_document
@@ -76,8 +82,10 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 class AggregatorApi:
     def __init__(
-        self, store: Store, prices: PriceTable, metrics: AggregatorMetrics, state: ApiState
+        self, store: Store, prices: PriceTable, metrics: AggregatorMetrics, state: ApiState,
+        *, unreported_grace_s: float = DEFAULT_UNREPORTED_GRACE_S,
     ) -> None:
+        self._unreported_grace_s = unreported_grace_s
         self._store = store
         self._prices = prices
         self._metrics = metrics
@@ -100,6 +108,7 @@ class AggregatorApi:
             since=parse_instant(query.get("since"), "since"),
             until=parse_instant(query.get("until"), "until"),
             group_by=parse_group_by(group_values),
+            unreported_grace_s=self._unreported_grace_s,
         )
         return _json(result)
 

@@ -4,13 +4,17 @@ Output (shared by the CLI's ``--json`` and the HTTP API)::
 
     {"workspace_id", "since", "until", "group_by", "estimate": true, "currency": "USD", "price_table",
      "totals": {"requests", "input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens",
-                "reasoning_tokens", "unreported_requests", "cost_usd", "unpriced"},
+                "reasoning_tokens", "unreported_requests", "unreported_calls", "cost_usd", "unpriced"},
      "rows": [{<group keys>, <the same counters>, "cost_usd", "unpriced"}],
      "unpriced_models": [{"provider", "model"}]}
 
-``requests`` counts usage events (billed provider calls), not jobs. Cost is priced per UTC day with the
-entry in effect that day; ``cost_usd`` sums what is priced and is ``null`` when nothing in the row is
-priced; ``unpriced`` says that some usage in it has no price (so the cost is missing or incomplete).
+``requests`` counts usage events (billed provider calls), not jobs. ``unreported_calls`` counts provider calls
+that started (a confirmed call record) longer than the grace period ago and never reported usage: the worker
+died or lost the broker mid-call, and the provider may have billed them; their tokens are unknown, so they
+are in no token count and no cost. A late usage event moves its call from there to ``requests``.
+Cost is priced per UTC day with the entry in effect that day; ``cost_usd`` sums what is priced and is
+``null`` when nothing in the row is priced; ``unpriced`` says that some usage in it has no price (so the
+cost is missing or incomplete).
 Grouping by ``model`` keys rows by provider and model, since one name can exist at two providers.
 """
 
@@ -18,17 +22,19 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from schemas.models import TOKEN_BUCKETS
 from worker.aggregator.pricing import PriceTable
-from worker.aggregator.records import Counters, UsageRow
+from worker.aggregator.records import Counters, UnreportedRow, UsageRow
 from worker.aggregator.store import Store
 
 GROUPS = ("model", "automation", "provider", "day")
 DEFAULT_GROUP_BY = ("model",)
 COST_DECIMALS = 6
+DEFAULT_UNREPORTED_GRACE_S = 600.0
+"""``BYOK_UNREPORTED_GRACE_S``: a call still without usage this long after it started is unreported."""
 
 # Row keys in output order, and which requested groups produce them.
 _KEY_ORDER = ("day", "provider", "model", "automation_id")
@@ -79,6 +85,7 @@ class _Sum:
     cost: float = 0.0
     priced: bool = False
     unpriced: bool = False
+    unreported_calls: int = 0
 
     def add(self, counters: Counters, cost: float | None) -> None:
         self.counters = self.counters + counters
@@ -90,12 +97,13 @@ class _Sum:
 
     def as_dict(self) -> dict[str, Any]:
         values: dict[str, Any] = {name: getattr(self.counters, name) for name in _REPORTED_COUNTERS}
+        values["unreported_calls"] = self.unreported_calls
         values["cost_usd"] = round(self.cost, COST_DECIMALS) if self.priced or not self.unpriced else None
         values["unpriced"] = self.unpriced
         return values
 
 
-def _row_key(row: UsageRow, keys: Sequence[str]) -> tuple[str | None, ...]:
+def _row_key(row: UsageRow | UnreportedRow, keys: Sequence[str]) -> tuple[str | None, ...]:
     values = {
         "day": row.period.date().isoformat(),
         "provider": row.provider,
@@ -113,8 +121,10 @@ def build_consumption(
     *,
     since: datetime | None = None,
     until: datetime | None = None,
+    unreported: Sequence[UnreportedRow] = (),
 ) -> dict[str, Any]:
-    """Folds daily usage rows into the requested groups and prices each day with its own price."""
+    """Folds daily usage rows into the requested groups and prices each day with its own price; adds the
+    calls that never reported to their groups."""
     wanted = {key for group in group_by for key in _KEYS_FOR_GROUP[group]}
     keys = tuple(key for key in _KEY_ORDER if key in wanted)
     totals = _Sum()
@@ -126,6 +136,9 @@ def build_consumption(
             unpriced_models.add((row.provider, row.model))
         totals.add(row.counters, cost)
         groups.setdefault(_row_key(row, keys), _Sum()).add(row.counters, cost)
+    for open_calls in unreported:
+        totals.unreported_calls += open_calls.calls
+        groups.setdefault(_row_key(open_calls, keys), _Sum()).unreported_calls += open_calls.calls
     return {
         "workspace_id": workspace_id,
         "since": since.isoformat() if since else None,
@@ -150,12 +163,19 @@ async def consumption(
     since: datetime | None = None,
     until: datetime | None = None,
     group_by: Sequence[str] = DEFAULT_GROUP_BY,
+    *,
+    unreported_grace_s: float = DEFAULT_UNREPORTED_GRACE_S,
+    now: datetime | None = None,
 ) -> dict[str, Any]:
-    """Usage of ``workspace_id`` with ``since <= occurred_at < until`` (either may be open)."""
+    """Usage of ``workspace_id`` with ``since <= occurred_at < until`` (either may be open), and the calls
+    started in that range more than ``unreported_grace_s`` before ``now`` that never reported."""
     unknown = sorted(set(group_by) - set(GROUPS))
     if unknown:
         raise QueryError(f"group_by: unknown {', '.join(unknown)}")
     if since is not None and until is not None and since >= until:
         raise QueryError("since must be before until")
     rows = await store.usage([workspace_id], since, until, "day")
-    return build_consumption(workspace_id, rows, prices, group_by or DEFAULT_GROUP_BY, since=since, until=until)
+    started_before = (now or datetime.now(UTC)) - timedelta(seconds=unreported_grace_s)
+    unreported = await store.unreported_calls(workspace_id, since, until, started_before)
+    return build_consumption(workspace_id, rows, prices, group_by or DEFAULT_GROUP_BY, since=since, until=until,
+                             unreported=unreported)

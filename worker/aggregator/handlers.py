@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 
 import structlog
 
-from schemas.models import CompletionResult, UsageEvent
+from schemas.models import CompletionResult, ProviderCallRecord, UsageEvent
 from worker.aggregator.alerts import Alert
 from worker.aggregator.detector import AnomalyDetector
 from worker.aggregator.metrics import AggregatorMetrics
@@ -26,8 +26,12 @@ class BatchHandlers:
         self._metrics = metrics
         self._notify = notify
 
-    async def usage(self, events: Sequence[UsageEvent]) -> None:
-        outcome = await self._store.ingest(events, self._detector.rules.first_use)
+    async def usage(self, messages: Sequence[UsageEvent | ProviderCallRecord]) -> None:
+        events = [m for m in messages if isinstance(m, UsageEvent)]
+        calls = [m for m in messages if isinstance(m, ProviderCallRecord)]
+        outcome = await self._store.ingest(events, self._detector.rules.first_use, calls)
+        if calls:
+            self._metrics.call_records.inc(len(calls))
         self._metrics.usage_events.labels(result="new").inc(outcome.inserted)
         self._metrics.usage_events.labels(result="duplicate").inc(outcome.duplicates)
         await self._raise(await self._detector.after_usage(events), stored_already=outcome.alerts_raised)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import ValidationError
 
-from schemas.models import TOKEN_BUCKETS, CompletionResult, Status, UsageEvent
+from schemas.models import PROVIDER_CALL_SCHEMA, TOKEN_BUCKETS, CompletionResult, ProviderCallRecord, Status, UsageEvent
 from worker.aggregator.consumer import InvalidMessage, describe
 
 # Far above any real call, far below the 64-bit integers both stores hold.
@@ -15,6 +15,20 @@ def _no_nul(body: bytes) -> None:
     # PostgreSQL text and jsonb cannot hold U+0000; refuse it here rather than fail a whole batch.
     if b"\\u0000" in body:
         raise InvalidMessage("contains a NUL character (\\u0000), which the store cannot hold")
+
+
+_CALL_MARK = PROVIDER_CALL_SCHEMA.encode()
+
+
+def parse_usage_queue(body: bytes) -> UsageEvent | ProviderCallRecord:
+    """What the usage queue carries: usage events, and the provider-call records they complete."""
+    if _CALL_MARK in body:
+        _no_nul(body)
+        try:
+            return ProviderCallRecord.model_validate_json(body)
+        except ValidationError:
+            pass  # a usage event may name the schema in a tag: read it as one
+    return parse_usage(body)
 
 
 def parse_usage(body: bytes) -> UsageEvent:

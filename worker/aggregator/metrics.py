@@ -19,6 +19,10 @@ class AggregatorMetrics:
             "byok_aggregator_usage_events", "Usage events stored (new) or already counted (duplicate)",
             ["result"], registry=self.registry,
         )
+        self.call_records = Counter(
+            "byok_aggregator_call_records", "Provider-call records received (started or not billed)",
+            registry=self.registry,
+        )
         self.failed_results = Counter(
             "byok_aggregator_failed_results", "Failed results received, by error code", ["code"],
             registry=self.registry,

@@ -102,6 +102,26 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX alerts_unpublished ON alerts (published_at_us, created_at_us)",
         ),
     ),
+    Migration(
+        4,
+        "provider call records: calls that may be billed, completed by their usage event",
+        (
+            # One row per call record (call_id = the usage event's event_id). A call is reported when a usage
+            # event has its id, closed when ended_at_us is set (not billed); otherwise it is open.
+            """CREATE TABLE provider_calls (
+                call_id TEXT PRIMARY KEY,
+                job_id TEXT NOT NULL,
+                workspace_id TEXT NOT NULL,
+                automation_id TEXT,
+                provider TEXT NOT NULL,
+                model TEXT NOT NULL,
+                started_at_us BIGINT NOT NULL,
+                ended_at_us BIGINT,
+                received_at_us BIGINT NOT NULL
+            )""",
+            "CREATE INDEX provider_calls_workspace_time ON provider_calls (workspace_id, started_at_us)",
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -8,13 +8,18 @@ from schemas.models import IDENTIFIER_PATTERN, TOKEN_BUCKETS
 from worker.aggregator.alerts import Alert, AlertKind
 from worker.aggregator.consumption import DEFAULT_GROUP_BY, GROUPS
 
-_COUNTERS = ("requests", *TOKEN_BUCKETS, "unreported_requests")
+_COUNTERS = ("requests", *TOKEN_BUCKETS, "unreported_requests", "unreported_calls")
 
 
 def _counter_properties() -> dict[str, Any]:
     props: dict[str, Any] = {name: {"type": "integer", "minimum": 0} for name in _COUNTERS}
     props["requests"]["description"] = "usage events: billed provider calls (not jobs)"
     props["unreported_requests"]["description"] = "calls whose provider response carried no usage"
+    props["unreported_calls"]["description"] = (
+        "provider calls that started (a confirmed call record) more than BYOK_UNREPORTED_GRACE_S ago and never "
+        "reported usage (the worker died or lost the broker mid-call): the provider may have billed them; "
+        "their tokens are unknown and in no count or cost. Not included in requests."
+    )
     props["cost_usd"] = {
         "type": ["number", "null"],
         "description": "estimated USD of the priced usage; null when none of it has a price",

@@ -15,7 +15,7 @@ import orjson
 from schemas.models import TOKEN_BUCKETS
 from worker.aggregator.alerts import Alert, AlertKind, Severity
 from worker.aggregator.db import Sql
-from worker.aggregator.records import COUNTER_NAMES, DAY_S, Counters, UsageRow, from_epoch_us
+from worker.aggregator.records import COUNTER_NAMES, DAY_S, Counters, UnreportedRow, UsageRow, from_epoch_us
 from worker.aggregator.writes import ALERT_COLUMNS, placeholders
 
 HOUR_US = 3_600_000_000
@@ -85,6 +85,34 @@ def usage_rows(
             automation_id=str(row[4]) or None, counters=Counters.from_row(row[5:]),
         )
         for row in sql.query(statement, params)
+    ]
+
+
+def unreported_calls(
+    sql: Sql, workspace_id: str, since_us: int | None, until_us: int | None, started_before_us: int
+) -> list[UnreportedRow]:
+    """Calls started in [since, until) and before ``started_before`` that no usage event reported and no
+    ``not_billed`` record closed, per UTC day, provider, model and automation. A late usage event removes
+    its call from here at once (it is then counted in ``requests``), so no call is counted twice."""
+    clauses = ["c.workspace_id = ?", "c.started_at_us < ?", "c.ended_at_us IS NULL"]
+    params: list[Any] = [workspace_id, started_before_us]
+    for clause, value in (("c.started_at_us >= ?", since_us), ("c.started_at_us < ?", until_us)):
+        if value is not None:
+            clauses.append(clause)
+            params.append(value)
+    day_us = DAY_S * 1_000_000
+    rows = sql.query(
+        f"SELECT c.started_at_us - c.started_at_us % {day_us} AS day, c.provider, c.model, "  # noqa: S608
+        "COALESCE(c.automation_id, '') AS automation, COUNT(*) FROM provider_calls c "
+        f"WHERE {' AND '.join(clauses)} "
+        "AND NOT EXISTS (SELECT 1 FROM usage_events e WHERE e.event_id = c.call_id) "
+        "GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4",
+        params,
+    )
+    return [
+        UnreportedRow(day_start=int(row[0]) // 1_000_000, provider=str(row[1]), model=str(row[2]),
+                      automation_id=str(row[3]) or None, calls=int(row[4]))
+        for row in rows
     ]
 
 

@@ -72,6 +72,21 @@ class UsageRow:
 
 
 @dataclass(frozen=True, slots=True)
+class UnreportedRow:
+    """Provider calls of one day, provider, model and automation that started and never reported usage."""
+
+    day_start: int  # epoch seconds, UTC
+    provider: str
+    model: str
+    automation_id: str | None
+    calls: int
+
+    @property
+    def period(self) -> datetime:
+        return from_epoch_s(self.day_start)
+
+
+@dataclass(frozen=True, slots=True)
 class NewModel:
     """A (provider, model) a workspace used for the first time, found while ingesting."""
 

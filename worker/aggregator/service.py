@@ -17,7 +17,7 @@ from worker.aggregator.api import AggregatorApi, ApiServer, ApiState
 from worker.aggregator.consumer import BatchConsumer, Handler, Parser
 from worker.aggregator.detector import AnomalyDetector
 from worker.aggregator.handlers import BatchHandlers
-from worker.aggregator.messages import parse_failed_result, parse_usage
+from worker.aggregator.messages import parse_failed_result, parse_usage_queue
 from worker.aggregator.metrics import AggregatorMetrics
 from worker.aggregator.pricing import PriceTable, load_prices
 from worker.aggregator.publisher import AlertPublisher
@@ -118,6 +118,7 @@ async def run_aggregator(
         handlers = BatchHandlers(store, detector, metrics, alerts.kick)
         api = ApiServer(settings.api_listen, AggregatorApi(
             store, prices, metrics, ApiState(lambda: broker.connected, lambda: broker.alive and current.consuming()),
+            unreported_grace_s=settings.unreported_grace_s,
         ))
         await api.start()
         stack.push_async_callback(api.stop)
@@ -132,7 +133,8 @@ async def run_aggregator(
             alerts.publisher = Publisher(confirmed)
             alerts.kick()  # what waited for the broker
             await current.start(link, (
-                await _consumer(link, "usage", names.usage_queue, parse_usage, handlers.usage, metrics, settings),
+                await _consumer(link, "usage", names.usage_queue, parse_usage_queue, handlers.usage, metrics,
+                                settings),
                 await _consumer(link, "results", names.results_aggregator_queue, parse_failed_result,
                                 handlers.failures, metrics, settings),
             ))

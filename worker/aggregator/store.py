@@ -11,12 +11,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
 
-from schemas.models import CompletionResult, UsageEvent
+from schemas.models import CompletionResult, ProviderCallRecord, UsageEvent
 from worker.aggregator import reads, writes
 from worker.aggregator.alerts import Alert
 from worker.aggregator.db import Backend, Database, Sql, StoreUrl, parse_store_url
 from worker.aggregator.migrations import applied_versions, check_current, migrate
-from worker.aggregator.records import IngestOutcome, NewModel, UsageRow, to_epoch_us
+from worker.aggregator.records import IngestOutcome, NewModel, UnreportedRow, UsageRow, to_epoch_us
 
 FirstUseRule = Callable[[Sequence[NewModel]], Sequence[Alert]]
 
@@ -67,12 +67,18 @@ class Store:
 
     # ------------------------------------------------------------------ writes
 
-    async def ingest(self, events: Sequence[UsageEvent], first_use: FirstUseRule | None = None) -> IngestOutcome:
+    async def ingest(
+        self, events: Sequence[UsageEvent], first_use: FirstUseRule | None = None,
+        calls: Sequence[ProviderCallRecord] = (),
+    ) -> IngestOutcome:
         """Counts each new ``event_id`` once, in one transaction with its rollups, its workspace-model
-        record and the alerts ``first_use`` raises for models used for the first time."""
+        record, the alerts ``first_use`` raises for models used for the first time, and the provider-call
+        records of the same batch."""
         received_us = _now_us()
 
         def work(sql: Sql) -> IngestOutcome:
+            if calls:
+                writes.record_calls(sql, calls, received_us)
             outcome = writes.ingest_events(sql, events, received_us)
             if first_use is not None and outcome.new_models:
                 raised = writes.insert_alerts(sql, first_use(outcome.new_models))
@@ -115,6 +121,15 @@ class Store:
         ids = sorted(set(workspace_ids))
         return await self._reader.run(
             lambda sql: reads.usage_rows(sql, ids, _us(since), _us(until), period), write=False
+        )
+
+    async def unreported_calls(
+        self, workspace_id: str, since: datetime | None, until: datetime | None, started_before: datetime,
+    ) -> list[UnreportedRow]:
+        """Open calls of ``workspace_id`` started in [since, until) and before ``started_before``, per day."""
+        before_us = to_epoch_us(started_before)
+        return await self._reader.run(
+            lambda sql: reads.unreported_calls(sql, workspace_id, _us(since), _us(until), before_us), write=False
         )
 
     async def count_failures(self, workspace_id: str, code: str, after: datetime, until: datetime) -> int:

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import orjson
 
-from schemas.models import TOKEN_BUCKETS, CompletionResult, UsageEvent
+from schemas.models import TOKEN_BUCKETS, CallState, CompletionResult, ProviderCallRecord, UsageEvent
 from worker.aggregator.alerts import Alert
 from worker.aggregator.db import Backend, Sql
 from worker.aggregator.records import (
@@ -42,6 +42,11 @@ ALERT_COLUMNS = (
     "alert_id", "dedupe_key", "workspace_id", "kind", "severity", "message", "window_start_us",
     "window_end_us", "created_at_us", "details",
 )
+CALL_COLUMNS = (
+    "call_id", "job_id", "workspace_id", "automation_id", "provider", "model", "started_at_us", "ended_at_us",
+    "received_at_us",
+)
+CALL_TYPES = ("text", "text", "text", "text", "text", "text", "bigint", "bigint", "bigint")
 FAILURE_COLUMNS = (
     "workspace_id", "job_id", "automation_id", "code", "provider", "model", "provider_status",
     "finished_at_us", "received_at_us",
@@ -175,6 +180,35 @@ def _record_models(sql: Sql, events: Sequence[UsageEvent]) -> list[NewModel]:
         )
         for workspace, provider, model in sorted((str(a), str(b), str(c)) for a, b, c in inserted)
     ]
+
+
+def _call_row(record: ProviderCallRecord, received_us: int) -> tuple[Any, ...]:
+    ended_us = None
+    if record.state is CallState.NOT_BILLED:
+        ended_us = to_epoch_us(record.ended_at or record.started_at)
+    return (
+        record.call_id, record.job_id, record.workspace_id, record.automation_id, record.provider.value,
+        record.model, to_epoch_us(record.started_at), ended_us, received_us,
+    )
+
+
+def record_calls(sql: Sql, records: Sequence[ProviderCallRecord], received_us: int) -> int:
+    """Stores each call once (by ``call_id``), and closes those a ``not_billed`` record ended, whichever of
+    the two records came first; returns how many calls were new."""
+    rows: dict[str, tuple[Any, ...]] = {}
+    for record in records:
+        row = _call_row(record, received_us)
+        earlier = rows.get(record.call_id)
+        if earlier is None or earlier[7] is None:
+            rows[record.call_id] = row
+    ordered = [rows[call_id] for call_id in sorted(rows)]
+    inserted = insert_returning(sql, "provider_calls", CALL_COLUMNS, ordered, conflict="call_id",
+                                returning="call_id", pg_types=CALL_TYPES)
+    ended = [(row[7], row[0]) for row in ordered if row[7] is not None]
+    sql.execute_many(
+        "UPDATE provider_calls SET ended_at_us = ? WHERE call_id = ? AND ended_at_us IS NULL", ended
+    )
+    return len(inserted)
 
 
 def record_failures(sql: Sql, results: Sequence[CompletionResult], received_us: int) -> int:

@@ -95,3 +95,8 @@ def result_routing_key(workspace_id: str, automation_id: str | None, status: str
 
 def usage_routing_key(workspace_id: str, provider: str) -> str:
     return f"{workspace_id}.{provider}"
+
+
+def call_routing_key(workspace_id: str, provider: str) -> str:
+    """A provider-call record: on the usage exchange, so the aggregator's usage queue (bound with ``#``) has it."""
+    return f"{workspace_id}.{provider}.call"

@@ -22,6 +22,10 @@ class Publisher:
     def __init__(self, channel: AbstractChannel) -> None:
         self._channel = channel
 
+    @property
+    def closed(self) -> bool:
+        return bool(self._channel.is_closed)
+
     async def publish(
         self, exchange: str, routing_key: str, body: bytes, *, message_id: str | None = None,
         headers: dict[str, Any] | None = None, correlation_id: str | None = None, reply_to: str | None = None,

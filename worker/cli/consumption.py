@@ -23,6 +23,7 @@ from worker.settings import ConsumptionSettings
 # Each counter and its column title: "cache_read_tokens" is "cache read".
 _COLUMNS = (
     ("requests", "requests"),
+    ("unreported_calls", "unreported"),
     *((bucket, bucket.removesuffix("_tokens").replace("_", " ")) for bucket in TOKEN_BUCKETS),
 )
 UNREPORTED_MARK = "!"
@@ -34,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "consumption", help="a workspace's token usage and estimated cost",
         description="Reads a workspace's consumption from the store the aggregator writes: requests, the five token "
                     "counts and the estimated cost, grouped as asked, with totals (or JSON).",
-        epilog="settings: BYOK_STORE_URL (the aggregator's store), BYOK_PRICES_FILE. "
+        epilog="settings: BYOK_STORE_URL (the aggregator's store), BYOK_PRICES_FILE, BYOK_UNREPORTED_GRACE_S. "
                "exit codes: 0 printed, 1 store or price table failure, 2 invalid arguments",
     )
     query.add_argument("workspace", help="workspace id")
@@ -55,7 +56,8 @@ async def query_consumption(
     prices = load_prices(settings.prices_file)
     store = await Store.open(settings.store_url.get_secret_value(), migrate_schema=False)
     try:
-        return await consumption(store, prices, workspace, since, until, group_by)
+        return await consumption(store, prices, workspace, since, until, group_by,
+                                 unreported_grace_s=settings.unreported_grace_s)
     finally:
         await store.close()
 
@@ -128,6 +130,10 @@ def render_table(result: dict[str, Any]) -> str:
     if result["unpriced_models"]:
         names = ", ".join(f"{m['provider']}/{m['model']}" for m in result["unpriced_models"])
         out.append(f"No price for: {names} (their usage is counted, not costed; * = partly unpriced).")
+    if totals["unreported_calls"]:
+        out.append(f"{totals['unreported_calls']:,} provider calls started and never reported usage (the worker "
+                   "stopped or lost the broker mid-call): the provider may have billed them; their tokens are "
+                   "unknown and missing from the counts and the cost estimate.")
     if totals["unreported_requests"]:
         out.append(f"{UNREPORTED_MARK} {totals['unreported_requests']:,} of the requests came back without usage from "
                    "the provider: their tokens are unknown (not counted as 0) and missing from the cost estimate.")

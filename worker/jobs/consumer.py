@@ -33,6 +33,7 @@ from worker.broker.names import (
     MAX_MESSAGE_BYTES,
     Topology,
 )
+from worker.broker.outbox import Outbox
 from worker.broker.publisher import Publisher
 from worker.jobs.job_headers import carried, delivery_of, reply_target
 from worker.jobs.metrics import WorkerMetrics
@@ -90,9 +91,11 @@ class JobConsumer:
 
     def __init__(self, runner: JobRunner, publisher: Publisher, names: Topology, metrics: WorkerMetrics,
                  *, remember: int = 4096, remember_bytes: int = 64 * 1024 * 1024,
-                 max_message_bytes: int | None = None, retry_window_s: float = 900.0) -> None:
+                 max_message_bytes: int | None = None, retry_window_s: float = 900.0,
+                 outbox: Outbox | None = None) -> None:
         self._runner = runner
         self.publisher = publisher
+        self._outbox = outbox
         self._names = names
         self._metrics = metrics
         self.recent = SettledMemo(max_entries=remember, max_bytes=remember_bytes)
@@ -190,9 +193,14 @@ class JobConsumer:
                         reason="reply_to names a queue of the topology; the result goes to the results exchange only")
         if settled.usage is not None:
             usage = settled.usage
-            publishes.append(
-                self.publisher.publish(usage.exchange, usage.routing_key, usage.body, message_id=usage.message_id)
-            )
+            if self._outbox is not None:
+                # Kept until confirmed, across a lost connection: the job may run again elsewhere under a new
+                # id, but this billed call has no other usage event.
+                publishes.append(self._outbox.publish(usage.exchange, usage.routing_key, usage.body,
+                                                      message_id=usage.message_id))
+            else:
+                publishes.append(self.publisher.publish(usage.exchange, usage.routing_key, usage.body,
+                                                        message_id=usage.message_id))
         if settled.dead_letter is not None:
             publishes.append(self._dead_letter(message, settled.dead_letter))
         await asyncio.gather(*publishes)

@@ -33,6 +33,10 @@ class WorkerMetrics:
             "byok_vault_call_seconds", "Vault transit call latency", ["outcome"], buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.republished = Counter(
+            "byok_outbox_republished", "Usage events and call records published again on a new connection",
+            registry=self.registry,
+        )
         self._jobs: dict[tuple[str, str], Counter] = {}
         self._provider: dict[str, Histogram] = {}
         self._vault: dict[str, Histogram] = {}

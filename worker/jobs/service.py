@@ -20,8 +20,10 @@ from httpx_aiohttp import AiohttpTransport
 
 from worker.broker.connection import BrokerSupervisor, Link
 from worker.broker.names import Topology
+from worker.broker.outbox import Outbox
 from worker.broker.publisher import Publisher
 from worker.broker.topology import check_topology, declare_topology, topology_spec
+from worker.jobs.call_records import CallRecorder
 from worker.jobs.consumer import JobConsumer
 from worker.jobs.health import HealthServer, HealthState
 from worker.jobs.metrics import WorkerMetrics
@@ -47,6 +49,8 @@ class Worker:
         self.metrics = WorkerMetrics()
         self.cache = UnsealCache(ttl_s=settings.unseal_cache_ttl_s, max_entries=settings.unseal_cache_size)
         self.broker = BrokerSupervisor(settings.amqp_url, reconnect_max_s=settings.reconnect_max_s, process="worker")
+        self.outbox = Outbox()
+        """Usage events and call records not yet confirmed, sent again on the next connection."""
         self._provider_transport = provider_transport
         self._consumer: JobConsumer | None = None
         self._queue: AbstractQueue | None = None
@@ -92,7 +96,8 @@ class Worker:
         await self.health.start()
         runner = JobRunner(RetryPolicy.from_settings(settings), allowed_hosts=settings.allowed_hosts,
                            decryptor=decryptor, http=http, cache=self.cache, metrics=self.metrics,
-                           call_timeout_s=settings.provider_call_timeout_s)
+                           call_timeout_s=settings.provider_call_timeout_s,
+                           call_hooks=[CallRecorder(self.outbox, self.names.usage_exchange)])
         try:
             await self.broker.run(stop, functools.partial(self._consume, runner), self._lost)
         finally:
@@ -117,11 +122,15 @@ class Worker:
         else:  # an admin declared it (`byok topology declare`); this broker user may have no configure permission
             await check_topology(channel, spec)
         publisher = Publisher(channel)
+        self.outbox.attach(publisher)
         if self._consumer is None:
             self._consumer = JobConsumer(runner, publisher, self.names, self.metrics,
-                                         retry_window_s=settings.max_retry_window_s)
+                                         retry_window_s=settings.max_retry_window_s, outbox=self.outbox)
         else:
             self._consumer.publisher = publisher
+        # What the last connection took with it unconfirmed, before any new job: billed calls stay counted.
+        republished = await self.outbox.republish()
+        self.metrics.republished.inc(republished)
         self._queue = await channel.get_queue(self.names.jobs_queue, ensure=False)
         tune_gc()
         underlay = await channel.get_underlay_channel()
@@ -134,6 +143,7 @@ class Worker:
 
     async def _lost(self) -> None:
         self._consumer_tag = None
+        self.outbox.attach(None)
         self.ready.clear()
         in_flight = len(self._consumer.in_flight) if self._consumer else 0
         log.warning("worker.consumer_lost", in_flight=in_flight, note="settled again on redelivery")
