@@ -39,16 +39,18 @@ class Captured:
         return orjson.loads(self.body)
 
 
-KINDS = ("results", "usage", "dead", "replies", "delayed", "alerts")
+KINDS = ("results", "usage", "calls", "dead", "replies", "delayed", "alerts")
 
 
 @dataclass
 class BrokerTap:
-    """Everything published on the topology: results, usage events, dead letters, replies, delayed retries
-    and alerts, as they arrive."""
+    """Everything published on the topology: results, usage events, provider-call records (``calls``: they
+    share the usage exchange, routing key ``<workspace>.<provider>.call``), dead letters, replies, delayed
+    retries and alerts, as they arrive."""
 
     results: list[Captured] = field(default_factory=list)
     usage: list[Captured] = field(default_factory=list)
+    calls: list[Captured] = field(default_factory=list)
     dead: list[Captured] = field(default_factory=list)
     replies: list[Captured] = field(default_factory=list)
     delayed: list[Captured] = field(default_factory=list)
@@ -74,9 +76,12 @@ class BrokerTap:
         return [captured for kind in KINDS for captured in self.of(kind)]
 
 
-def _capture(into: list[Captured]) -> Callable[[AbstractIncomingMessage], Any]:
+def _capture(into: list[Captured], calls: list[Captured] | None = None) -> Callable[[AbstractIncomingMessage], Any]:
+    """Appends each message to ``into``; with ``calls``, provider-call records go there instead."""
+
     async def on_message(message: AbstractIncomingMessage) -> None:
-        into.append(Captured(message.routing_key or "", dict(message.headers or {}), message.body,
+        target = calls if calls is not None and (message.routing_key or "").endswith(".call") else into
+        target.append(Captured(message.routing_key or "", dict(message.headers or {}), message.body,
                              message.message_id, message.correlation_id, dict(message.info())))
         await message.ack()
 
@@ -109,13 +114,13 @@ async def broker_tap(settings: Settings, *, usage: bool = True, copies: bool = F
             queue = await channel.declare_queue(exclusive=True)
             for key in keys:
                 await queue.bind(exchange, routing_key=key)
-            await queue.consume(_capture(tap.of(kind)))
+            await queue.consume(_capture(tap.of(kind), tap.calls if kind == "usage" else None))
         replies = await channel.declare_queue(exclusive=True)
         tap.reply_queue = replies.name
         await replies.consume(_capture(tap.replies))
         if not copies:
             if usage:
-                await (await channel.get_queue(names.usage_queue)).consume(_capture(tap.usage))
+                await (await channel.get_queue(names.usage_queue)).consume(_capture(tap.usage, tap.calls))
             await (await channel.get_queue(names.dead_letter_queue)).consume(_capture(tap.dead))
         yield tap
 

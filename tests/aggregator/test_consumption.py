@@ -37,12 +37,13 @@ def dataset() -> list[Any]:
 def counters(
     requests: int, input_tokens: int = 0, cache_read: int = 0, cache_write: int = 0, output: int = 0,
     reasoning: int = 0, unreported: int = 0, cost: float | None = 0.0, unpriced: bool = False,
+    unreported_calls: int = 0,
 ) -> dict[str, Any]:
     return {
         "requests": requests, "input_tokens": input_tokens, "cache_read_tokens": cache_read,
         "cache_write_tokens": cache_write, "output_tokens": output, "reasoning_tokens": reasoning,
         "unreported_requests": unreported, "cost_usd": None if cost is None else pytest.approx(cost, abs=1e-9),
-        "unpriced": unpriced,
+        "unpriced": unpriced, "unreported_calls": unreported_calls,
     }
 
 

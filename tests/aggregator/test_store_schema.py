@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from worker.aggregator.db import Backend, StoreSchemaError, parse_store_url
-from worker.aggregator.migrations import LATEST_VERSION, MIGRATIONS_TABLE
+from worker.aggregator.migrations import LATEST_VERSION, MIGRATIONS, MIGRATIONS_TABLE
 from worker.aggregator.store import Store
 
 
@@ -38,7 +38,9 @@ async def test_migrations_are_recorded_and_applied_once(store_url: str) -> None:
         store = await Store.open(store_url)
         versions = await store.schema_versions()
         await store.close()
-        assert versions == list(range(1, LATEST_VERSION + 1))
+        # Numbers are reserved per feature, so the list may have gaps; it ends at the latest.
+        assert versions == [migration.version for migration in MIGRATIONS]
+        assert versions[-1] == LATEST_VERSION
 
 
 async def test_a_reader_never_creates_or_migrates(tmp_path: Path, pg_url: str) -> None:

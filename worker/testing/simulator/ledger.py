@@ -49,7 +49,8 @@ class LedgerCall:
     behavior: str
     status: int
     usage: TokenCounts | None
-    """Billed buckets; None when the call was not billed (non-2xx, or 2xx without usage)."""
+    """Billed buckets; None when the call was not billed (an error status, or an answer without usage). A
+    call whose client left before the answer (status 499) is billed when its answer carried usage."""
     key_fingerprint: str | None
     at: float
     text: str | None = None
@@ -119,6 +120,10 @@ class Ledger:
     def requests(self) -> list[SeenRequest]:
         """Every request the server received since the last reset, on any path (a copy)."""
         return list(self.seen)
+
+    def arrived(self, protocol: Provider | None = None) -> int:
+        """Requests received on the protocol routes (of ``protocol``, if given), answered or still running."""
+        return sum(1 for seen in self.seen if seen.protocol is not None and protocol in (None, seen.protocol))
 
     def billed(self) -> list[LedgerCall]:
         return [call for call in self.calls if call.usage is not None]

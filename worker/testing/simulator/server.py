@@ -72,7 +72,8 @@ def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = No
 
 
 CLIENT_GONE = 499
-"""Recorded for a request whose caller disconnected before the answer (nginx's convention)."""
+"""Recorded for a request whose caller disconnected before the answer (nginx's convention); billed all the
+same when the answer carried usage, as real providers bill a generation whose client went away."""
 
 
 class ProviderSimulator:
@@ -184,8 +185,9 @@ class ProviderSimulator:
         with_usage = behavior.kind != "nousage"
         body = RENDERERS[protocol](answer_id, prompt.model, ans, with_usage)
         if request.transport is None or request.transport.is_closing():
-            # The caller hung up (a killed worker): nothing was delivered, so nothing is billed.
-            self._record(protocol, prompt.model, behavior, CLIENT_GONE, key, started)
+            # The caller hung up (a killed worker, a cut connection). As a real provider does, the call is
+            # billed all the same: the tokens were generated; only the answer is lost.
+            self._record(protocol, prompt.model, behavior, CLIENT_GONE, key, started, ans, billed=with_usage)
             return _json(CLIENT_GONE, {})
         self._record(protocol, prompt.model, behavior, 200, key, started, ans, billed=with_usage)
         return _json(200, body)
