@@ -67,14 +67,14 @@ async def test_consumption_table_has_rows_totals_and_the_estimate_note(
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("workspace acme")
     header = lines[2].split()
-    assert header[:3] == ["provider", "model", "requests"]
+    assert header[:4] == ["provider", "model", "requests", "unreported"]
     rows = {line.split()[1]: line for line in lines[4:7]}
     assert set(rows) == {"claude-x", "mistral-mystery", "gpt-4o-mini"}
     assert rows["mistral-mystery"].endswith("unpriced")
     assert rows["gpt-4o-mini"].split()[2] == "4!"  # requests, one of them without usage
     assert rows["claude-x"].split()[2] == "1"
     total = next(line for line in lines if line.startswith("total"))
-    assert total.split()[1:3] == ["6!", "7,600"]
+    assert total.split()[1:4] == ["6!", "0", "7,600"]  # requests, unreported calls, input
     assert any(line.startswith("! 1 of the requests came back without usage") for line in lines)
     assert total.endswith("0.022300*")
     assert any(line.startswith("Costs are estimates") for line in lines)
