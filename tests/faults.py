@@ -12,7 +12,9 @@ class TcpProxy:
     """Forwards 127.0.0.1:<port> to a target; ``cut()`` drops every open connection at once.
 
     While ``refusing`` is set, new connections are closed as soon as they are accepted (the open ones carry
-    on); ``connections`` counts every attempt, refused ones too.
+    on); ``connections`` counts every attempt, refused ones too. ``stall()`` stops forwarding on the open
+    connections without closing them (a link that hangs before it drops: what is sent meanwhile is never
+    confirmed); ``cut()`` ends the stall for the connections that come next.
     """
 
     def __init__(self, target_host: str, target_port: int) -> None:
@@ -23,6 +25,8 @@ class TcpProxy:
         self.connections = 0
         self.port = 0
         self.refusing = False
+        self._flowing = asyncio.Event()
+        self._flowing.set()
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
@@ -48,12 +52,16 @@ class TcpProxy:
             w.close()
             self._writers.discard(w)
 
-    @staticmethod
-    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(ConnectionError, asyncio.CancelledError):
             while data := await reader.read(65536):
+                await self._flowing.wait()
                 writer.write(data)
                 await writer.drain()
+
+    def stall(self) -> None:
+        """Stop forwarding bytes on every open connection, in both directions, until ``cut()``."""
+        self._flowing.clear()
 
     async def cut(self) -> int:
         """Abort every open connection (like a network cut); returns how many were cut."""
@@ -62,6 +70,7 @@ class TcpProxy:
             transport = writer.transport
             transport.abort()
         self._writers.clear()
+        self._flowing.set()
         return len(writers) // 2
 
     async def stop(self) -> None:

@@ -13,7 +13,6 @@ import time
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import httpx
 import orjson
 import pytest
 from hypothesis import HealthCheck, given
@@ -22,14 +21,12 @@ from hypothesis import strategies as st
 from pydantic import SecretStr
 
 from schemas.models import MAX_JOB_BYTES, Provider
-from tests.aggregator.helpers import aggregator_settings
-from tests.broker import BrokerTap, broker_tap, byok, job_body, publish_jobs, running, running_aggregator
+from tests.broker import BrokerTap, byok, job_body, publish_jobs, running
 from tests.conftest import Sealer
 from tests.faults import TcpProxy
-from tests.processes import kill, start_worker
+from tests.processes import start_worker
 from tests.services import start_vault
 from tests.waiting import wait_until
-from worker.cli.consumption import query_consumption
 from worker.jobs.service import Worker
 from worker.settings import Settings
 from worker.testing.simulator import ProviderSimulator
@@ -241,48 +238,3 @@ async def test_sigterm_under_load_finishes_in_flight_and_redelivers_the_rest(
     assert duplicates == 0, "a drained worker must not leave half-finished jobs behind"
     assert len(simulator.ledger.billed()) == total
     assert tap.dead == []
-
-
-def in_flight(port: int, at_least: int) -> bool:
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
-    for line in text.splitlines():
-        if line.startswith("byok_jobs_in_flight "):
-            return float(line.split()[1]) >= at_least
-    return False
-
-
-@pytest.mark.timeout(180)
-async def test_sigkill_with_200_in_flight_loses_nothing_and_counts_every_billed_call_once(
-    settings: Settings, simulator: ProviderSimulator, seal: Sealer
-) -> None:
-    simulator.latency_s = 2.0
-    model = sealed_model(seal, simulator, "ws-kill")
-    total = 200
-    async with broker_tap(settings, usage=False) as tap:
-        await publish_jobs(settings, [job_body(f"k-{i}", "ws-kill", model, content=f"job {i}") for i in range(total)])
-        first = await asyncio.to_thread(start_worker, settings, BYOK_PREFETCH="200")
-        await wait_until(lambda: asyncio.to_thread(in_flight, first.health_port, total), timeout=30,
-                         what="200 jobs in flight on the first worker")
-        kill(first)
-        killed_with = len(tap.results)
-        second = await asyncio.to_thread(start_worker, settings, BYOK_PREFETCH="200")
-        try:
-            await tap.wait_for(lambda: len(job_ids(tap)) == total, timeout_s=60)
-        finally:
-            second.stop()
-    ledger = simulator.ledger.totals()
-
-    async def counted() -> dict[str, Any] | None:
-        summary = await query_consumption(agg, "ws-kill", None, None, ())
-        return summary if summary["totals"]["requests"] >= ledger["requests"] else None
-
-    agg = aggregator_settings(settings)
-    async with running_aggregator(agg):
-        summary = await wait_until(counted, timeout=30, what="every billed call in the consumption")
-    totals = {k: summary["totals"][k] for k in ledger}
-    print(f"\n[sigkill] sent={total} in_flight_at_kill={total} results_before_kill={killed_with} "
-          f"results={len(tap.results)} unique={len(job_ids(tap))} dead={len(tap.dead)} "
-          f"ledger={ledger} aggregator={totals} gone_calls={sum(1 for c in simulator.ledger.calls if c.status == 499)}")
-    assert all(r.json["status"] == "succeeded" for r in tap.results)
-    assert totals == ledger, "the aggregator must agree with the provider's invoice to the token"
-    assert ledger["requests"] == total
