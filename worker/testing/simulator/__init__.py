@@ -34,9 +34,11 @@ Every request on a protocol route lands in the ``Ledger`` (``GET /_sim/ledger``,
 call, with a fingerprint of the key it carried, never the key; a served call also records its text, its tool
 calls and how its input was counted (``input_shape``: tools, tool tokens, images, image tokens). Answers that
 carried usage are billed, whether or not the caller was still connected to receive them (recorded with status
-499 then, as real providers bill a generation whose client went away); error answers are not. Every HTTP request the server receives, on any path (protocol routes,
-the ``/_sim`` control routes, and paths it does not serve at all), is also recorded in ``Ledger.requests()``:
-its method, path (never the query string) and whether it carried a credential header (never its value).
+499 then, as real providers bill a generation whose client went away); error answers are not. Every HTTP
+request the server receives, on any path (protocol routes, the ``/_sim`` control routes, and paths it does
+not serve at all), is also recorded in ``Ledger.requests()``: its method, path (never the query string) and
+whether it carried a credential header (never its value); ``Ledger.arrived()`` counts those on the protocol
+routes, answered or still running.
 """
 
 from worker.testing.simulator.answers import (
