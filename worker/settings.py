@@ -172,6 +172,12 @@ class WorkerSettings(TopologySettings, VaultSettings, StoreSettings):
     )
     allowed_hosts: Annotated[frozenset[str] | None, NoDecode] = None
 
+    call_records: bool = Field(
+        default=True,
+        description="publish a confirmed provider-call record before each provider call (unreported_calls); "
+        "false only to measure what they cost (make bench P9)",
+    )
+
     event_loop: Literal["uvloop", "asyncio"] = "uvloop"
     metrics_listen: Listen = "127.0.0.1:9464"
 

@@ -16,6 +16,7 @@ TARGETS = {
     "p4_p99_ms": 25.0,
     "p6_sqlite": 5000.0,
     "p6_postgresql": 3000.0,
+    "p9_ratio": 0.80,
 }
 
 
@@ -143,8 +144,24 @@ def _p6(results: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def _p9(results: dict[str, Any]) -> list[Row]:
+    p9 = results.get("P9")
+    if p9 is None:
+        return []
+    off, on = p9["off"], p9["on"]
+    ratio = on.rate / off.rate
+    cpu_off, cpu_on = off.cpu_ms_per_job("worker"), on.cpu_ms_per_job("worker")
+    return [
+        Row("P9", f"throughput with provider-call records / without (P1 setup), jobs/s: {_f(on.rate)} / "
+                  f"{_f(off.rate)}", _f(ratio, 2), f">= {TARGETS['p9_ratio']:.2f}", ratio >= TARGETS["p9_ratio"]),
+        Row("P9", f"worker CPU per job with / without call records, ms: {_f(cpu_on, 2)} / {_f(cpu_off, 2)}",
+            _f(cpu_on / cpu_off, 2), "reference", None),
+    ]
+
+
 def rows(results: dict[str, Any]) -> list[Row]:
-    return [*_p1(results), *_p2(results), *_p3(results), *_p4(results), *_p5(results), *_p6(results)]
+    return [*_p1(results), *_p2(results), *_p3(results), *_p4(results), *_p5(results), *_p6(results),
+            *_p9(results)]
 
 
 def table(found: list[Row]) -> str:
@@ -194,6 +211,15 @@ def details(results: dict[str, Any]) -> str:
                 f"(n={c['warm_during_n']}): p50 {c['warm_during_p50']:.1f} ms, p99 {c['warm_during_p99']:.1f} ms, "
                 f"max {c['warm_during_max']:.1f} ms"
             )
+    p9 = results.get("P9")
+    if p9 is not None:
+        lines.append("P9 rounds (jobs/s without call records, with, ratio): " + "; ".join(
+            f"{a:,.0f}, {b:,.0f}, {b / a:.2f}" for a, b in p9["rounds"]) + " (the median run of each kind is used)")
+        for name in ("off", "on"):
+            found = p9[name]
+            per = ", ".join(f"{proc} {found.cpu_ms_per_job(proc):.2f} ms/job" for proc in
+                            ("worker", "simulator", "broker", "collector") if proc in found.cpu_s)
+            lines.append(f"P9 call records {name}: {found.rate:,.0f}/s over {found.window_jobs:,} jobs; CPU {per}")
     clients = results.get("P3_clients")
     if clients:
         lines.append("P3 clients: " + "; ".join(
@@ -265,6 +291,11 @@ def markdown(results: dict[str, Any], found: list[Row], profiling: Path) -> str:
         "and until the last of them is done.",
         f"- **P6** `worker.aggregator.bench.bench_ingest(store_url, {z['p6_events']})` on a SQLite file and on the "
         "local PostgreSQL (throwaway schema).",
+        f"- **P9** what provider-call records cost (one more confirmed publish per provider call, before it): "
+        f"P1's setup ({z.get('p9_jobs', 0):,} jobs, instant simulator, prefetch {z['p1_prefetch']}) with "
+        "`BYOK_CALL_RECORDS=false` and with the default (on), alternating "
+        f"{z.get('p9_rounds', 0)} times; the median run of each counts. The ratio is jobs/s with records over "
+        "jobs/s without; the worker's CPU per job of both is shown.",
         "",
     ]
     if profiling.exists():

@@ -55,6 +55,8 @@ P5_SECONDS = 8.0
 P5_COLD_AT_S = 2.0
 P5_PACED_S = 4.0
 P6_EVENTS = 20_000
+P9_JOBS = 6_000
+P9_ROUNDS = 3
 PG_URL = os.environ.get("BENCH_PG_URL", "postgresql://127.0.0.1:5432/test")
 
 
@@ -93,7 +95,7 @@ def _jobs(prefix: str, n: int, sealed: dict[str, str], sim: Simulator, model: st
 
 
 async def throughput(services: Stack, kind: str, n: int, prefetch: int, sim: Simulator,
-                     profile_dir: Path | None = None) -> Throughput:
+                     profile_dir: Path | None = None, worker_env: dict[str, str] | None = None) -> Throughput:
     """Prefill ``n`` jobs, start the consumer (``worker`` or ``bare``), time the results between 5% and 95%."""
     prefix = new_prefix(kind)
     sealed = await asyncio.to_thread(services.seal, WORKSPACES, sim.endpoint)
@@ -109,7 +111,7 @@ async def throughput(services: Stack, kind: str, n: int, prefetch: int, sim: Sim
             bare = subprocess.Popen([sys.executable, "-m", "tests.bench.bare"], env=env)
             pid, worker = bare.pid, None
         else:
-            worker = services.launch_worker(prefix, prefetch)
+            worker = services.launch_worker(prefix, prefetch, **(worker_env or {}))
             pid, bare = worker.process.pid, None
         pids = {"consumer": pid, "simulator": sim.pid, "collector": os.getpid()}
         if broker is not None:
@@ -319,13 +321,26 @@ async def aggregator_ingest(workdir: Path) -> dict[str, Any]:
     return found
 
 
+async def call_records_cost(services: Stack, sim: Simulator) -> dict[str, Any]:
+    """P9: the same P1 run with provider-call records off (``BYOK_CALL_RECORDS=false``) and on (the default),
+    alternating ``P9_ROUNDS`` times; the median run of each counts."""
+    off_runs, on_runs = [], []
+    for round_ in range(1, P9_ROUNDS + 1):
+        print(f"bench: P9 round {round_}/{P9_ROUNDS}: call records off, then on …", file=sys.stderr)
+        off_runs.append(await throughput(services, "worker", P9_JOBS, P1_PREFETCH, sim,
+                                         worker_env={"BYOK_CALL_RECORDS": "false"}))
+        on_runs.append(await throughput(services, "worker", P9_JOBS, P1_PREFETCH, sim))
+    off, on = _median(off_runs), _median(on_runs)
+    return {"off": off, "on": on, "rounds": [(a.rate, b.rate) for a, b in zip(off_runs, on_runs, strict=True)]}
+
+
 async def run(only: set[str], profile_dir: Path | None, worker_src: Path | None = None) -> dict[str, Any]:
     results: dict[str, Any] = {
         "machine": machine(), "date": datetime.now(UTC).isoformat(timespec="seconds"), "load_before": os.getloadavg(),
         "sizes": {"p1_jobs": P1_JOBS, "p1_rounds": P1_ROUNDS, "p1_prefetch": P1_PREFETCH, "p2_jobs": P2_JOBS,
                   "p2_prefetch": P2_PREFETCH, "p3_calls": P3_CALLS, "p3_concurrency": P3_CONCURRENCY,
                   "p4_seconds": P4_SECONDS, "p4_latency_ms": P4_LATENCY_MS, "p5_warm_rate": P5_WARM_RATE,
-                  "p5_paced_s": P5_PACED_S, "p6_events": P6_EVENTS},
+                  "p5_paced_s": P5_PACED_S, "p6_events": P6_EVENTS, "p9_jobs": P9_JOBS, "p9_rounds": P9_ROUNDS},
     }
     with stack() as services:
         services.worker_source = worker_src
@@ -360,13 +375,16 @@ async def run(only: set[str], profile_dir: Path | None, worker_src: Path | None 
         if "P6" in only:
             print("bench: P6 aggregator ingest …", file=sys.stderr)
             results["P6"] = await aggregator_ingest(services.workdir)
+        if "P9" in only:
+            print("bench: P9 provider-call records …", file=sys.stderr)
+            results["P9"] = await call_records_cost(services, sim)
     return results
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.bench.run", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", default="P1,P2,P3,P4,P5,P6", help="comma-separated subset of P1..P6")
+    parser.add_argument("--only", default="P1,P2,P3,P4,P5,P6,P9", help="comma-separated subset of P1..P6, P9")
     parser.add_argument("--profile", type=Path, default=None, help="profile the worker under P1 load into DIR")
     parser.add_argument("--output", type=Path, default=ROOT / "BENCHMARKS.md")
     parser.add_argument("--worker-src", type=Path, default=None,
@@ -387,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile is not None:
         print(report.frames(top_frames(args.profile / "worker.txt")))
         return 0
-    if only == {"P1", "P2", "P3", "P4", "P5", "P6"}:
+    if only == {"P1", "P2", "P3", "P4", "P5", "P6", "P9"}:
         args.output.write_text(report.markdown(results, rows, ROOT / "tests" / "bench" / "PROFILING.md"))
         print(f"bench: wrote {args.output}", file=sys.stderr)
     return 0

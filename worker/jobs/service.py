@@ -97,7 +97,8 @@ class Worker:
         runner = JobRunner(RetryPolicy.from_settings(settings), allowed_hosts=settings.allowed_hosts,
                            decryptor=decryptor, http=http, cache=self.cache, metrics=self.metrics,
                            call_timeout_s=settings.provider_call_timeout_s,
-                           call_hooks=[CallRecorder(self.outbox, self.names.usage_exchange)])
+                           call_hooks=[CallRecorder(self.outbox, self.names.usage_exchange)]
+                           if settings.call_records else [])
         try:
             await self.broker.run(stop, functools.partial(self._consume, runner), self._lost)
         finally:
