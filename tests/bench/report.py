@@ -149,11 +149,15 @@ def _p9(results: dict[str, Any]) -> list[Row]:
     if p9 is None:
         return []
     off, on = p9["off"], p9["on"]
-    ratio = on.rate / off.rate
+    # Each round runs both back to back: the median of the rounds' ratios moves less with other load on the
+    # machine than the ratio of the two medians.
+    ratios = sorted(with_records / without for without, with_records in p9["rounds"])
+    ratio = ratios[len(ratios) // 2]
     cpu_off, cpu_on = off.cpu_ms_per_job("worker"), on.cpu_ms_per_job("worker")
     return [
-        Row("P9", f"throughput with provider-call records / without (P1 setup), jobs/s: {_f(on.rate)} / "
-                  f"{_f(off.rate)}", _f(ratio, 2), f">= {TARGETS['p9_ratio']:.2f}", ratio >= TARGETS["p9_ratio"]),
+        Row("P9", "throughput with provider-call records / without (P1 setup), median of the rounds' ratios "
+                  f"(median runs: {_f(on.rate)} / {_f(off.rate)} jobs/s)", _f(ratio, 2),
+            f">= {TARGETS['p9_ratio']:.2f}", ratio >= TARGETS["p9_ratio"]),
         Row("P9", f"worker CPU per job with / without call records, ms: {_f(cpu_on, 2)} / {_f(cpu_off, 2)}",
             _f(cpu_on / cpu_off, 2), "reference", None),
     ]
@@ -214,7 +218,7 @@ def details(results: dict[str, Any]) -> str:
     p9 = results.get("P9")
     if p9 is not None:
         lines.append("P9 rounds (jobs/s without call records, with, ratio): " + "; ".join(
-            f"{a:,.0f}, {b:,.0f}, {b / a:.2f}" for a, b in p9["rounds"]) + " (the median run of each kind is used)")
+            f"{a:,.0f}, {b:,.0f}, {b / a:.2f}" for a, b in p9["rounds"]) + " (the median ratio is used)")
         for name in ("off", "on"):
             found = p9[name]
             per = ", ".join(f"{proc} {found.cpu_ms_per_job(proc):.2f} ms/job" for proc in
@@ -294,8 +298,8 @@ def markdown(results: dict[str, Any], found: list[Row], profiling: Path) -> str:
         f"- **P9** what provider-call records cost (one more confirmed publish per provider call, before it): "
         f"P1's setup ({z.get('p9_jobs', 0):,} jobs, instant simulator, prefetch {z['p1_prefetch']}) with "
         "`BYOK_CALL_RECORDS=false` and with the default (on), alternating "
-        f"{z.get('p9_rounds', 0)} times; the median run of each counts. The ratio is jobs/s with records over "
-        "jobs/s without; the worker's CPU per job of both is shown.",
+        f"{z.get('p9_rounds', 0)} times. The ratio is jobs/s with records over jobs/s without in each round, the "
+        "median of the rounds counts; the worker's CPU per job is that of the median run of each kind.",
         "",
     ]
     if profiling.exists():
