@@ -4,7 +4,8 @@ Schemas (``schemas.generate.MODELS``). Run by ``make schemas`` after ``python -m
 ``python -m worker.broker.asyncapi`` (``--check`` fails when the committed file differs).
 
 Every exchange is a channel whose address is its routing-key pattern (``{word}`` a parameter; null on a
-fanout exchange), with the queues bound to it; every route is a message whose payload references its JSON
+fanout exchange, and where messages of one exchange use different patterns, listed then in
+``x-byok-routing-keys``), with the queues bound to it; every route is a message whose payload references its JSON
 Schema file; each role's sending and reading are operations. A model with no route still gets a message.
 """
 
@@ -105,6 +106,10 @@ def _channel(exchange: ExchangeSpec | None, routes: list[MessageRoute], spec: To
             channel["x-byok-queues"] = bound
     if routes:
         channel["messages"] = {route.message: {"$ref": f"#/components/messages/{route.message}"} for route in routes}
+    if len(keys) > 1 and None not in keys:
+        # Messages on one exchange under different keys (usage events and provider-call records): the address
+        # is left open (null), each message's key pattern is given here.
+        channel["x-byok-routing-keys"] = {route.message: route.routing_key for route in routes}
     parameters = sorted(set(re.findall(r"{(\w+)}", address or "")))
     if parameters:
         channel["parameters"] = {word: PARAMETERS.get(word, {"description": word}) for word in parameters}

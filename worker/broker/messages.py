@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel
 
-from schemas.models import Alert, CompletionJob, CompletionResult, UsageEvent
+from schemas.models import Alert, CompletionJob, CompletionResult, ProviderCallRecord, UsageEvent
 from worker.broker.names import (
     HEADER_ATTEMPTS,
     HEADER_ERROR,
@@ -86,6 +86,11 @@ def message_routes(names: Topology) -> tuple[MessageRoute, ...]:
         MessageRoute("usage_event", names.usage_exchange, "{workspace_id}.{provider}", UsageEvent,
                      "One event per billed provider call; event_id identifies the call.",
                      (WORKER,), (AGGREGATOR,), TRACE_HEADERS),
+        MessageRoute("provider_call", names.usage_exchange, "{workspace_id}.{provider}.call", ProviderCallRecord,
+                     "A provider call that may be billed, confirmed before the request is sent (state started), "
+                     "or closed as not_billed; its call_id is the event_id of the usage event that completes it. "
+                     "No prompt, output or key.",
+                     (WORKER,), (AGGREGATOR,)),
         MessageRoute("alert", names.alerts_exchange, "{workspace_id}.{kind}", Alert,
                      "An anomaly or budget alert.", (AGGREGATOR,), (OPERATOR,)),
         MessageRoute("rejected_usage_event", names.aggregator_dead_letter_exchange, None, UsageEvent,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiormq
 import structlog
@@ -33,6 +34,7 @@ class Kept:
     routing_key: str
     body: bytes
     message_id: str
+    headers: dict[str, Any] | None = None
     confirmed: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -51,14 +53,14 @@ class Outbox:
         self._publisher = publisher
 
     async def publish(self, exchange: str, routing_key: str, body: bytes, *, message_id: str,
-                      until_confirmed: bool = False) -> None:
+                      headers: dict[str, Any] | None = None, until_confirmed: bool = False) -> None:
         """Publishes and returns once confirmed. If the connection is lost first, the message stays kept for
         ``republish``, and this raises, or with ``until_confirmed`` waits for that later confirm instead.
         A refusal by a live broker (not a lost connection) is raised and the message is not kept."""
         key = (exchange, routing_key, message_id)
         kept = self._kept.get(key)
         if kept is None:
-            kept = self._kept[key] = Kept(exchange, routing_key, body, message_id)
+            kept = self._kept[key] = Kept(exchange, routing_key, body, message_id, headers)
         try:
             lost = await self._attempt(kept)
         except Exception as exc:
@@ -102,7 +104,8 @@ class Outbox:
         if publisher is None or publisher.closed:
             return LostConnection("no broker connection")
         try:
-            await publisher.publish(kept.exchange, kept.routing_key, kept.body, message_id=kept.message_id)
+            await publisher.publish(kept.exchange, kept.routing_key, kept.body, message_id=kept.message_id,
+                                    headers=kept.headers)
         except Exception as exc:
             if publisher.closed:
                 return LostConnection(f"the connection was lost before the confirm ({type(exc).__name__})")
