@@ -19,6 +19,7 @@ from worker.aggregator.consumption import consumption
 from worker.aggregator.messages import parse_usage_queue
 from worker.aggregator.pricing import PriceTable
 from worker.aggregator.store import Store
+from worker.cli.consumption import render_table
 
 NOW = at("2025-03-02 12:00")
 GRACE_S = 600.0
@@ -116,3 +117,13 @@ def test_a_call_record_carries_no_prompt_field() -> None:
                       "started_at", "state", "ended_at"}
     with pytest.raises(ValueError, match="extra"):
         ProviderCallRecord.model_validate({**call("c", NOW).model_dump(by_alias=True), "input": "hello"})
+
+
+async def test_the_consumption_table_shows_unreported_calls(store: Store, prices: PriceTable) -> None:
+    await store.ingest([], calls=[call("c-t1", NOW - timedelta(hours=1)), call("c-t2", NOW - timedelta(hours=1))])
+    table = render_table(await report(store, prices))
+    lines = table.splitlines()
+    assert lines[2].split()[2:4] == ["requests", "unreported"]
+    total = next(line for line in lines if line.startswith("total"))
+    assert total.split()[1:3] == ["0", "2"]
+    assert "2 provider calls started and never reported usage" in table
