@@ -18,10 +18,11 @@ import os
 from collections.abc import Iterable, Mapping
 from enum import StrEnum
 from typing import Annotated, Literal, TypeVar
-from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from worker.amqp_urls import parse_amqp_urls
 
 ENV_PREFIX = "BYOK_"
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -71,14 +72,8 @@ class BrokerSettings(_FromEnvironment):
     @field_validator("amqp_url")
     @classmethod
     def _amqp_url(cls, value: SecretStr) -> SecretStr:
-        # The messages never quote the URL: it usually carries a password.
-        try:
-            parts = urlsplit(value.get_secret_value())
-            parts.port  # noqa: B018 - raises on a port that is not a number
-        except ValueError:
-            raise ValueError("not a URL (amqp://user:password@host:5672/vhost)") from None
-        if parts.scheme not in ("amqp", "amqps") or not parts.hostname:
-            raise ValueError("expected amqp://user:password@host:5672/vhost (or amqps://)")
+        # One node or several, comma-separated (worker.amqp_urls); the messages never quote the value.
+        parse_amqp_urls(value.get_secret_value())
         return value
 
 

@@ -7,6 +7,11 @@ that ends consuming ends the link: the connection closing, any watched channel c
 broker refused with PRECONDITION_FAILED or NOT_FOUND closes the channel, and its consumer with it), or
 the broker cancelling a consumer (its queue was deleted). The supervisor then closes what is left and
 starts over, waiting longer after each failed attempt, and gives up when the broker stays unreachable.
+
+``BYOK_AMQP_URL`` may list several nodes of a cluster (``worker.amqp_urls``). Each attempt tries them in the
+order given, the first that accepts the connection and ``on_connected`` wins; after a loss the node just
+lost is tried last, so a process fails over to a live node at once instead of first waiting on the one
+that went away. A round in which no node answered counts as one failed attempt for the backoff.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ import aiormq
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractConnection
 from pydantic import SecretStr
+
+from worker.amqp_urls import BrokerNode, parse_amqp_urls
 
 log = structlog.get_logger("byok.broker")
 
@@ -115,7 +122,8 @@ class BrokerSupervisor:
         self, amqp_url: SecretStr, *, reconnect_max_s: float, process: str,
         jitter: Callable[[], float] = random.random,
     ) -> None:
-        self._amqp_url = amqp_url
+        self._nodes = parse_amqp_urls(amqp_url.get_secret_value())
+        self._last_lost: BrokerNode | None = None
         self._reconnect_max_s = reconnect_max_s
         self._process = process
         self._jitter = jitter
@@ -125,6 +133,8 @@ class BrokerSupervisor:
         self.attempts = 0
         self.connections = 0
         """Successful connections so far: 2 after the first reconnect."""
+        self.node: BrokerNode | None = None
+        """The node of the connection in hand (``node.address`` names it without the password)."""
 
     @property
     def connected(self) -> bool:
@@ -169,22 +179,47 @@ class BrokerSupervisor:
             failures, down_since = 0, None
             await _first(stop.wait(), link.lost.wait())
             if not stop.is_set():
+                self._last_lost = self.node
                 log.warning("broker.connection_lost", process=self._process, reason=link.reason,
-                            note="reconnecting")
+                            node=self.node.address if self.node else None, note="reconnecting")
                 await on_lost()
                 await self.close()
 
+    def _order(self) -> list[BrokerNode]:
+        """The nodes in the order given, the one just lost last."""
+        return sorted(self._nodes, key=lambda node: node == self._last_lost)
+
     async def _open(self, on_connected: OnConnected) -> Link:
+        """The first node, in order, that accepts the connection and ``on_connected``; raises the last
+        node's error when none does (a fatal refusal at once)."""
         self.attempts += 1
-        connection = await aio_pika.connect(self._amqp_url.get_secret_value(), timeout=CONNECT_TIMEOUT_S,
+        failed: BaseException | None = None
+        for node in self._order():
+            try:
+                return await self._open_on(node, on_connected)
+            except FATAL:
+                raise
+            except TRANSIENT as exc:
+                failed = exc
+                if len(self._nodes) > 1:
+                    log.info("broker.node_unreachable", process=self._process, node=node.address,
+                             error=type(exc).__name__)
+        assert failed is not None
+        raise failed
+
+    async def _open_on(self, node: BrokerNode, on_connected: OnConnected) -> Link:
+        connection = await aio_pika.connect(node.url, timeout=CONNECT_TIMEOUT_S,
                                             client_properties={"connection_name": self.connection_name})
         link = self._link = Link(connection)
+        self.node = node
         try:
             await on_connected(link)
         except BaseException:
             await self.close()
             raise
         self.connections += 1
+        if len(self._nodes) > 1:
+            log.info("broker.connected", process=self._process, node=node.address, connections=self.connections)
         return link
 
     async def close(self) -> None:
@@ -206,3 +241,18 @@ async def _first(*waits: Coroutine[Any, Any, Any]) -> None:
 async def _wait(stop: asyncio.Event, seconds: float) -> None:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), timeout=seconds)
+
+
+async def connect_any(amqp_url: SecretStr, *, timeout_s: float = CONNECT_TIMEOUT_S) -> AbstractConnection:
+    """A connection to the first node of ``amqp_url`` that accepts one (the ``byok`` commands' way in);
+    raises the last node's error when none does."""
+    failed: BaseException | None = None
+    for node in parse_amqp_urls(amqp_url.get_secret_value()):
+        try:
+            return await aio_pika.connect(node.url, timeout=timeout_s)
+        except FATAL:
+            raise
+        except TRANSIENT as exc:
+            failed = exc
+    assert failed is not None
+    raise failed

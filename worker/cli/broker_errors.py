@@ -1,6 +1,6 @@
 """What a ``byok`` verb says when the broker is down or the topology is missing: one line, no traceback.
 
-Never the AMQP URL itself (it carries the broker password): only its host and port.
+Never the AMQP URL itself (it carries the broker password): only the host and port of each node.
 """
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ import logging
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from urllib.parse import urlsplit
 
 from aiormq.exceptions import AMQPChannelError, AMQPConnectionError, AMQPError, ProbableAuthenticationError
 
+from worker.amqp_urls import describe_nodes
 from worker.settings import ProcessSettings
 
 _MISSING = re.compile(r"no (exchange|queue) '([^']*)' in vhost '([^']*)'")
@@ -23,12 +23,8 @@ class BrokerProblem(RuntimeError):
 
 
 def _where(amqp_url: str) -> str:
-    """``host:port`` of the first broker in ``amqp_url``, without user or password."""
-    try:
-        parts = urlsplit(amqp_url.split(",", 1)[0].strip())
-        return f"{parts.hostname or '127.0.0.1'}:{parts.port or 5672}"
-    except ValueError:
-        return "the broker in BYOK_AMQP_URL"
+    """``host:port`` of the broker in ``amqp_url`` (each node's, when it lists several), no user or password."""
+    return describe_nodes(amqp_url)
 
 
 def explain(exc: AMQPError | ConnectionError, settings: ProcessSettings) -> str:

@@ -21,6 +21,7 @@ import aio_pika
 import orjson
 from aio_pika.abc import AbstractIncomingMessage, DeliveryMode
 
+from worker.broker.connection import connect_any
 from worker.broker.names import (
     CONTENT_TYPE,
     HEADER_ATTEMPTS,
@@ -101,7 +102,7 @@ async def scan(
 ) -> list[tuple[DeadLetterView, AbstractIncomingMessage]]:
     """Dead letters that ``chosen`` selects (at most ``limit``); with ``replay``, republished and removed."""
     names = Topology(settings.topology_prefix)
-    connection = await aio_pika.connect(settings.amqp_url.get_secret_value())
+    connection = await connect_any(settings.amqp_url)
     found: list[tuple[DeadLetterView, AbstractIncomingMessage]] = []
     async with connection:
         channel = await connection.channel(publisher_confirms=True)
