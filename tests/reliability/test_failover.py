@@ -56,7 +56,8 @@ async def test_worker_aggregator_and_cli_skip_a_dead_node_and_fail_over_when_the
     agg_settings = aggregator_settings(cluster)
     try:
         with structlog.testing.capture_logs() as logs:
-            async with broker_tap(settings, usage=False) as tap, running_aggregator(agg_settings) as aggregator, running(Worker(cluster)) as worker:
+            async with (broker_tap(settings, usage=False) as tap, running_aggregator(agg_settings) as aggregator,
+                        running(Worker(cluster)) as worker):
                 assert worker.broker.node is not None and aggregator.broker.node is not None
                 assert worker.broker.node.port == proxy.port, "the dead first node is skipped"
                 assert aggregator.broker.node.port == proxy.port
@@ -93,7 +94,8 @@ async def test_worker_aggregator_and_cli_skip_a_dead_node_and_fail_over_when_the
     totals = {k: summary["totals"][k] for k in ledger}
     skipped = [e for e in logs if e["event"] == "broker.node_unreachable"]
     print(f"\n[failover] sent={total + 1} connections_cut={cut} worker_connections={worker.connections} "
-          f"nodes_skipped={len(skipped)} failover_s={failover_s:.2f} results={len(tap.results)} unique={len(job_ids(tap))} "
+          f"nodes_skipped={len(skipped)} failover_s={failover_s:.2f} results={len(tap.results)} "
+          f"unique={len(job_ids(tap))} "
           f"dead={len(tap.dead)} ledger={ledger} aggregator={totals}")
     assert cut == 2, "the worker's and the aggregator's connections went through the failing node"
     assert job_ids(tap) == {f"fo-{i}" for i in range(total)} | {"fo-cli"}
