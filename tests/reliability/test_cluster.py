@@ -1,0 +1,213 @@
+"""3,000 jobs through two workers and the aggregator on a real three-node RabbitMQ cluster (``tests/cluster.py``),
+while the node that leads ``byok.jobs`` is stopped, and then the node the workers are connected to.
+
+The topology is declared through node 1, so node 1 leads every quorum queue (RabbitMQ places a new queue's
+leader on the declaring client's node); the workers and the aggregator are given the nodes in the order
+2, 3, 1, so they connect to node 2; the test's own publisher and tap use node 3, which is never stopped.
+A quorum queue needs a majority of its three members, so node 1 is started again before node 2 is stopped.
+Prints the figures: how long each failover took, the longest pause in results, duplicates, extra calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import aio_pika
+import pytest
+from pydantic import SecretStr
+
+from schemas.models import Provider
+from tests.aggregator.helpers import aggregator_settings
+from tests.broker import BrokerTap, broker_tap, job_body, publish_jobs, running, running_aggregator
+from tests.cluster import ClusterNode, RabbitCluster
+from tests.conftest import Sealer
+from tests.waiting import wait_until
+from worker.broker.names import Topology
+from worker.broker.topology import aggregator_topology, declare_topology, topology_spec
+from worker.cli.consumption import query_consumption
+from worker.jobs.service import Worker
+from worker.settings import Settings
+from worker.testing.simulator import ProviderSimulator
+
+KEY = "sk-test-Cluster0123456789abcdefghij"
+WORKSPACE = "ws-cluster"
+TOTAL = 3000
+
+
+@dataclass
+class Timeline:
+    """When the count of distinct results grew, sampled every 10 ms: the pauses a failover causes."""
+
+    tap: BrokerTap
+    points: list[tuple[float, int]] = field(default_factory=list)
+
+    def unique(self) -> int:
+        return len({r.json["job_id"] for r in self.tap.results})
+
+    async def run(self) -> None:
+        last = -1
+        while True:
+            count = len(self.tap.results)
+            if count != last:
+                self.points.append((time.monotonic(), count))
+                last = count
+            await asyncio.sleep(0.01)
+
+    def longest_pause_after(self, since: float, until: float) -> float:
+        """The longest time without a new result between ``since`` and ``until``."""
+        times = [since, *(t for t, _ in self.points if since < t < until), until]
+        return max(b - a for a, b in zip(times, times[1:], strict=False))
+
+
+@contextlib.asynccontextmanager
+async def sampled(tap: BrokerTap) -> AsyncIterator[Timeline]:
+    timeline = Timeline(tap)
+    task = asyncio.create_task(timeline.run())
+    try:
+        yield timeline
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+@dataclass
+class Feed:
+    """Publishes the jobs at a steady rate, as automations do, so every stop meets jobs queued and in flight.
+    The last ``held_back`` wait for ``release``: the second stop happens while jobs are still coming."""
+
+    settings: Settings
+    jobs: list[bytes]
+    held_back: int
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+    published: int = 0
+
+    async def run(self, per_second: int = 100, batch: int = 25) -> None:
+        for start in range(0, len(self.jobs), batch):
+            if start >= len(self.jobs) - self.held_back:
+                await self.release.wait()
+            await publish_jobs(self.settings, self.jobs[start:start + batch])
+            self.published = start + len(self.jobs[start:start + batch])
+            await asyncio.sleep(batch / per_second)  # the pace of the publishers, not a wait for a condition
+
+
+async def leader_of(cluster: RabbitCluster, via: ClusterNode, queue: str) -> str:
+    queues = await asyncio.to_thread(cluster.queues, via)
+    return str(queues[queue]["leader"])
+
+
+def at(settings: Settings, url: str, **update: Any) -> Settings:
+    return settings.model_copy(update={"amqp_url": SecretStr(url), **update})
+
+
+@pytest.mark.timeout(240)
+async def test_three_thousand_jobs_through_a_cluster_losing_the_queue_leader_then_the_workers_node(
+    rabbit_cluster: RabbitCluster, settings: Settings, simulator: ProviderSimulator, seal: Sealer
+) -> None:
+    cluster = rabbit_cluster
+    c1, c2, c3 = cluster.nodes
+    names = Topology(settings.topology_prefix)
+    connection = await aio_pika.connect(c1.url)
+    async with connection:
+        channel = await connection.channel()
+        await declare_topology(channel, topology_spec(names, delivery_limit=settings.delivery_limit))
+        await declare_topology(channel, aggregator_topology(names))
+    queues = await asyncio.to_thread(cluster.queues, c3)
+    ours = {name: q for name, q in queues.items() if name.startswith(names.prefix + ".")}
+    assert all(q["type"] == "quorum" and sorted(q["members"]) == sorted(n.name for n in cluster.nodes)
+               for q in ours.values()), f"every quorum queue replicated on all three nodes: {ours}"
+    assert ours[names.jobs_queue]["leader"] == c1.name
+
+    observer = at(settings, c3.url)  # the test's publisher and tap: node 3 stays up throughout
+    workers = at(settings, cluster.url(c2, c3, c1), prefetch=20, log_level="warning")
+    aggregator = aggregator_settings(workers)
+    base_url = simulator.base_url(Provider.OPENAI)
+    model = {"provider": "openai", "name": "gpt-4o-mini", "base_url": base_url,
+             "sealed_key": seal(WORKSPACE, KEY, Provider.OPENAI, base_url)}
+    jobs = [job_body(f"cl-{i}", WORKSPACE, model, content=f"job {i}") for i in range(TOTAL)]
+    simulator.latency_s = 0.05
+    started = time.monotonic()
+    async with (
+        broker_tap(observer, usage=False) as tap, sampled(tap) as timeline,
+        running_aggregator(aggregator) as agg, running(Worker(workers)) as w1, running(Worker(workers)) as w2,
+    ):
+        assert [p.node.port if p.node else None for p in (w1.broker, w2.broker, agg.broker)] == [c2.amqp_port] * 3
+
+        feed = Feed(observer, jobs, held_back=600)
+        feeding = asyncio.create_task(feed.run())
+
+        # 1. The node that leads byok.jobs (node 1) stops mid-run.
+        await wait_until(lambda: timeline.unique() >= 500, timeout=60, what="500 results before the first stop")
+        leader = cluster.node_at(c1.amqp_port)
+        assert await leader_of(cluster, c3, names.jobs_queue) == leader.name
+        first_stop_results = timeline.unique()
+        first_stop = time.monotonic()
+        await asyncio.to_thread(cluster.stop_node, leader)
+        new_leader = await wait_until(
+            lambda: _other_leader(cluster, c3, names.jobs_queue, leader), timeout=30, what="a new leader")
+        leader_failover_s = time.monotonic() - first_stop
+        await wait_until(lambda: timeline.unique() >= first_stop_results + 200, timeout=60,
+                         what=lambda: f"results again after the leader stopped: {timeline.unique()} "
+                         f"published={feed.published} "
+                         f"in_flight={w1.metrics.in_flight._value.get()},{w2.metrics.in_flight._value.get()} "
+                         + cluster.ctl(c3, "list_queues", "-p", "/", "name", "leader", "messages_ready",
+                                       "messages_unacknowledged", "consumers", "--formatter", "json"))
+        first_resumed = time.monotonic()
+        # Back in the cluster before the next stop: two of three members are the quorum.
+        await asyncio.to_thread(cluster.start_node, leader)
+
+        # 2. The node the workers (and the aggregator) are connected to stops mid-run.
+        assert w1.broker.node is not None
+        theirs = cluster.node_at(w1.broker.node.port)
+        second_stop_results = timeline.unique()
+        second_stop = time.monotonic()
+        feed.release.set()
+        await asyncio.to_thread(cluster.stop_node, theirs)
+        await wait_until(lambda: all(p.alive and p.node is not None and p.node.port != theirs.amqp_port
+                                     for p in (w1.broker, w2.broker, agg.broker)),
+                         timeout=60, what="both workers and the aggregator connected to another node")
+        node_failover_s = time.monotonic() - second_stop
+        await feeding
+        await wait_until(lambda: timeline.unique() == TOTAL, timeout=120, what=lambda: f"{timeline.unique()} results")
+        finished = time.monotonic()
+
+        async def counted() -> dict[str, Any] | None:
+            summary = await query_consumption(aggregator, WORKSPACE, None, None, ())
+            return summary if summary["totals"]["requests"] >= simulator.ledger.totals()["requests"] else None
+
+        summary = await wait_until(counted, timeout=60, what="every billed call in the consumption")
+        dead_connection = await aio_pika.connect(c3.url)
+        async with dead_connection:
+            probe = await dead_connection.channel()
+            aggregator_dead = (await probe.declare_queue(names.aggregator_dead_letter_queue, passive=True)
+                               ).declaration_result.message_count
+        reconnects = (w1.connections - 1, w2.connections - 1, agg.broker.connections - 1)
+    ledger = simulator.ledger.totals()
+    totals = {k: summary["totals"][k] for k in ledger}
+    unique = timeline.unique()
+    duplicates = len(tap.results) - unique
+    extra_calls = ledger["requests"] - TOTAL
+    print(f"\n[cluster] jobs={TOTAL} nodes=3 workers=2 run_s={finished - started:.1f} "
+          f"leader_stop: at_results={first_stop_results} new_leader={new_leader.split('@')[0]} "
+          f"leader_failover_s={leader_failover_s:.2f} "
+          f"longest_pause_s={timeline.longest_pause_after(first_stop, first_resumed):.2f} | "
+          f"workers_node_stop: node={theirs.name.split('@')[0]} at_results={second_stop_results} "
+          f"node_failover_s={node_failover_s:.2f} "
+          f"longest_pause_s={timeline.longest_pause_after(second_stop, finished):.2f} | "
+          f"reconnects(w1,w2,agg)={reconnects} results={len(tap.results)} unique={unique} duplicates={duplicates} "
+          f"extra_provider_calls={extra_calls} dead={len(tap.dead)} aggregator_dead={aggregator_dead} "
+          f"ledger={ledger} consumption={totals}")
+    assert unique == TOTAL and all(r.json["status"] == "succeeded" for r in tap.results)
+    assert tap.dead == [] and aggregator_dead == 0, "nothing is dead-lettered"
+    assert totals == ledger, "consumption equals the provider's ledger to the token"
+    assert min(reconnects) >= 1, "the workers and the aggregator failed over"
+
+
+async def _other_leader(cluster: RabbitCluster, via: ClusterNode, queue: str, old: ClusterNode) -> str | None:
+    leader = await leader_of(cluster, via, queue)
+    return leader if leader and leader != old.name else None
