@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -61,7 +62,7 @@ class Timeline:
     def longest_pause_after(self, since: float, until: float) -> float:
         """The longest time without a new result between ``since`` and ``until``."""
         times = [since, *(t for t, _ in self.points if since < t < until), until]
-        return max(b - a for a, b in zip(times, times[1:], strict=False))
+        return max(b - a for a, b in itertools.pairwise(times))
 
 
 @contextlib.asynccontextmanager
@@ -130,7 +131,7 @@ async def test_three_thousand_jobs_through_a_cluster_losing_the_queue_leader_the
     model = {"provider": "openai", "name": "gpt-4o-mini", "base_url": base_url,
              "sealed_key": seal(WORKSPACE, KEY, Provider.OPENAI, base_url)}
     jobs = [job_body(f"cl-{i}", WORKSPACE, model, content=f"job {i}") for i in range(TOTAL)]
-    simulator.latency_s = 0.05
+    simulator.latency_s = 0.25  # about 25 calls in flight at the feed's pace: each stop cuts some of them
     started = time.monotonic()
     async with (
         broker_tap(observer, usage=False) as tap, sampled(tap) as timeline,
@@ -153,10 +154,7 @@ async def test_three_thousand_jobs_through_a_cluster_losing_the_queue_leader_the
         leader_failover_s = time.monotonic() - first_stop
         await wait_until(lambda: timeline.unique() >= first_stop_results + 200, timeout=60,
                          what=lambda: f"results again after the leader stopped: {timeline.unique()} "
-                         f"published={feed.published} "
-                         f"in_flight={w1.metrics.in_flight._value.get()},{w2.metrics.in_flight._value.get()} "
-                         + cluster.ctl(c3, "list_queues", "-p", "/", "name", "leader", "messages_ready",
-                                       "messages_unacknowledged", "consumers", "--formatter", "json"))
+                         f"published={feed.published} " + _state(cluster, c3, w1, w2))
         first_resumed = time.monotonic()
         # Back in the cluster before the next stop: two of three members are the quorum.
         await asyncio.to_thread(cluster.start_node, leader)
@@ -173,7 +171,8 @@ async def test_three_thousand_jobs_through_a_cluster_losing_the_queue_leader_the
                          timeout=60, what="both workers and the aggregator connected to another node")
         node_failover_s = time.monotonic() - second_stop
         await feeding
-        await wait_until(lambda: timeline.unique() == TOTAL, timeout=120, what=lambda: f"{timeline.unique()} results")
+        await wait_until(lambda: timeline.unique() == TOTAL, timeout=120,
+                         what=lambda: f"every result: {timeline.unique()} " + _state(cluster, c3, w1, w2))
         finished = time.monotonic()
 
         async def counted() -> dict[str, Any] | None:
@@ -211,3 +210,11 @@ async def test_three_thousand_jobs_through_a_cluster_losing_the_queue_leader_the
 async def _other_leader(cluster: RabbitCluster, via: ClusterNode, queue: str, old: ClusterNode) -> str | None:
     leader = await leader_of(cluster, via, queue)
     return leader if leader and leader != old.name else None
+
+
+def _state(cluster: RabbitCluster, via: ClusterNode, *workers: Worker) -> str:
+    """For a failure message: the workers' jobs in flight and every queue as a live node sees it."""
+    in_flight = [w.metrics.in_flight._value.get() for w in workers]
+    queues = cluster.ctl(via, "list_queues", "-p", "/", "name", "leader", "messages_ready", "messages_unacknowledged",
+                         "consumers", "--formatter", "json")
+    return f"in_flight={in_flight} queues={queues}"

@@ -5,14 +5,18 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+import aio_pika
 import httpx
 import orjson
 import pytest
+from aio_pika.abc import AbstractChannel
 
 from schemas.models import Provider
 from tests.broker import BrokerTap, byok, job_body, publish_jobs, running
 from tests.conftest import Sealer
 from tests.waiting import wait_until
+from worker.broker.names import HEADER_ERROR, HEADER_REASON, Topology
+from worker.broker.topology import declare_topology, topology_spec
 from worker.jobs.service import Worker
 from worker.settings import Settings
 from worker.testing.simulator import ProviderSimulator
@@ -38,7 +42,12 @@ async def test_a_message_that_keeps_crashing_its_handler_ends_in_the_dead_letter
         await publish_jobs(settings, [job_body("poison-1", "ws-poison", model)])
         await tap.wait_for(lambda: len(tap.dead) == 1, timeout_s=60)
     dead = tap.dead[0]
-    assert dead.headers.get("x-first-death-reason") == "delivery_limit"
+    # Dead-lettered by the worker on the last delivery the queue allows, saying why (the broker's own
+    # dead-lettering past the limit would carry only its x-death record).
+    assert dead.headers[HEADER_ERROR] == "delivery_limit"
+    assert dead.headers[HEADER_REASON] == (
+        f"the worker failed on each of the {settings.delivery_limit + 1} deliveries the queue allows "
+        "(last: RuntimeError); not attempted again")
     assert orjson.loads(dead.body)["job_id"] == "poison-1", "the original body is kept"
     assert tap.results == []
     crashes = sum(s.value for m in worker.metrics.jobs.collect() for s in m.samples if s.name.endswith("_total"))
@@ -105,3 +114,39 @@ async def dlq_flow(settings: Settings, simulator: ProviderSimulator) -> None:
     # dlq-1/dlq-2 point at base_url + "/wrong", a path with no route: only the all-requests record would show them.
     assert [r.path for r in simulator.ledger.requests()] == ["/openai/v1/chat/completions"] * 2, (
         "the key_unavailable jobs reached the simulator")
+
+
+@pytest.mark.timeout(60)
+async def test_a_job_the_broker_dead_letters_at_its_delivery_limit_is_read_and_kept_as_delivery_limit(
+    settings: Settings,
+) -> None:
+    """No worker lived to say why (each was killed mid-job, its delivery returned unacked): the broker dead-letters
+    the job past the limit with only its x-death record. ``byok dlq`` reads it as ``delivery_limit`` with a
+    reason from that record, and the copy it puts back carries ``x-byok-error`` and ``x-byok-reason``."""
+    names = Topology(settings.topology_prefix)
+    connection = await aio_pika.connect(settings.amqp_url.get_secret_value())
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        await declare_topology(channel, topology_spec(names, delivery_limit=settings.delivery_limit))
+        await publish_jobs(settings, [job_body("killed-1", "ws-killed", {"provider": "ollama", "name": "m"})])
+        jobs = await channel.get_queue(names.jobs_queue)
+        for _ in range(settings.delivery_limit + 1):  # the first delivery and each redelivery, never settled
+            delivery = await wait_until(lambda: jobs.get(no_ack=False, fail=False), what="the job delivered again")
+            await delivery.nack(requeue=True)
+        dead = await channel.get_queue(names.dead_letter_queue)
+        await wait_until(lambda: _depth(channel, names.dead_letter_queue), what="the job in the dead-letter queue")
+        assert await jobs.get(no_ack=True, fail=False) is None
+
+        listed = await dlq_list(settings)
+        expected = (f"delivered from {names.jobs_queue} as often as its delivery limit allows, never with an "
+                    "outcome (a worker was killed or lost the broker each time); dead-lettered by the broker")
+        assert [(v["job_id"], v["error"], v["reason"]) for v in listed] == [("killed-1", "delivery_limit", expected)]
+        kept = await dead.get(no_ack=True)
+    assert kept.headers is not None
+    assert (kept.headers[HEADER_ERROR], kept.headers[HEADER_REASON]) == ("delivery_limit", expected)
+    assert orjson.loads(kept.body)["job_id"] == "killed-1", "the original body is kept"
+
+
+async def _depth(channel: AbstractChannel, queue: str) -> int:
+    declared = await channel.declare_queue(queue, passive=True)
+    return declared.declaration_result.message_count or 0

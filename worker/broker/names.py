@@ -18,6 +18,11 @@ HEADER_REPLAYED = "x-byok-replayed"
 TRACE_HEADERS = ("traceparent", "tracestate")
 ROUTING_HEADERS = ("CC", "BCC")
 """RabbitMQ's sender-selected distribution: a message carrying them is routed with their keys as well."""
+HEADER_DELIVERY_COUNT = "x-delivery-count"
+"""Set by a quorum queue on a redelivery: how many earlier deliveries of the message ended without an ack."""
+DELIVERY_LIMIT_ERROR = "delivery_limit"
+"""``x-byok-error`` of a job dead-lettered because it was delivered as often as the queue allows (a poison
+message): not a result error code, since such a job has no result."""
 HEADER_TRUNCATED = "x-byok-truncated"
 """On a dead letter whose original body was too large to carry: the original size in bytes."""
 

@@ -42,10 +42,17 @@ class TopologySpec:
 
 QUORUM = {"x-queue-type": "quorum"}
 
+AGGREGATOR_DELIVERY_LIMIT = 20
+"""Deliveries of one message to the aggregator that may end without an ack (a crash, a lost connection)
+before the broker dead-letters it to ``<prefix>.aggregator.dlx``. Explicit, so RabbitMQ 3.x (no limit by
+default: a message that crashes the aggregator would come back forever) and 4.x (20 by default) agree."""
+
 
 def aggregator_queue(names: Topology, name: str) -> QueueSpec:
-    """A queue the aggregator consumes: what it rejects (it can never store it) is dead-lettered, not dropped."""
-    return QueueSpec(name, {**QUORUM, "x-dead-letter-exchange": names.aggregator_dead_letter_exchange})
+    """A queue the aggregator consumes: what it rejects (it can never store it), and what was delivered
+    ``AGGREGATOR_DELIVERY_LIMIT`` times without an ack, is dead-lettered, not dropped."""
+    return QueueSpec(name, {**QUORUM, "x-dead-letter-exchange": names.aggregator_dead_letter_exchange,
+                            "x-delivery-limit": AGGREGATOR_DELIVERY_LIMIT})
 
 
 def aggregator_dead_letters(names: Topology) -> tuple[ExchangeSpec, QueueSpec, BindingSpec]:

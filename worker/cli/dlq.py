@@ -6,6 +6,11 @@ raise its delivery count, and a quorum queue drops a message past its delivery l
 RabbitMQ 4.0, where ``x-delivery-limit: -1`` lifts it; 3.x has no default and drops at once with -1).
 A reader that dies between the two leaves a duplicate, never a loss.
 Replay acks a dead letter only after its copy on ``byok.jobs`` is confirmed.
+
+A job the broker itself dead-lettered past the jobs queue's delivery limit (the worker was killed or lost
+the broker on each delivery, so no worker lived to say why) carries no ``x-byok-error``, only the broker's
+``x-death`` record. It is read as ``delivery_limit`` with a reason taken from that record, and the copy put
+back carries both headers, so every later reader (and ``byok dlq show``) sees them on the message itself.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from aio_pika.abc import AbstractIncomingMessage, DeliveryMode
 from worker.broker.connection import connect_any
 from worker.broker.names import (
     CONTENT_TYPE,
+    DELIVERY_LIMIT_ERROR,
     HEADER_ATTEMPTS,
     HEADER_ERROR,
     HEADER_FIRST_SEEN,
@@ -62,13 +68,23 @@ def _text(value: Any) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
+def broker_verdict(headers: dict[str, Any]) -> tuple[str, str]:
+    """The error code and reason of a message the broker dead-lettered itself (no ``x-byok-error``)."""
+    cause = _text(headers.get("x-first-death-reason", "unknown"))
+    queue = _text(headers.get("x-first-death-queue", "?"))
+    if cause != DELIVERY_LIMIT_ERROR:
+        return cause, f"dead-lettered by the broker ({cause}) from {queue}"
+    # The dead letter does not say how often it was delivered (its x-delivery-count is not kept): the limit did.
+    return DELIVERY_LIMIT_ERROR, (f"delivered from {queue} as often as its delivery limit allows, never with an "
+                                  "outcome (a worker was killed or lost the broker each time); dead-lettered by "
+                                  "the broker")
+
+
 def describe(message: AbstractIncomingMessage) -> DeadLetterView:
     headers = message.headers or {}
     error, reason = headers.get(HEADER_ERROR), headers.get(HEADER_REASON)
     if error is None:
-        # Dead-lettered by the broker itself (delivery limit reached: a poison message).
-        error = headers.get("x-first-death-reason", "unknown")
-        reason = f"dead-lettered by the broker ({_text(error)})"
+        error, reason = broker_verdict(headers)
     try:
         body = orjson.loads(message.body)
     except orjson.JSONDecodeError:
@@ -128,10 +144,14 @@ async def scan(
 
 
 def put_back(message: AbstractIncomingMessage) -> aio_pika.Message:
-    """The dead letter as it was, as a new message: its delivery count starts again (and CC routes no copy)."""
+    """The dead letter as it was, as a new message: its delivery count starts again (and CC routes no copy).
+    One the broker dead-lettered itself gains ``x-byok-error`` and ``x-byok-reason`` from its ``x-death``."""
     dropped = ("x-delivery-count", *ROUTING_HEADERS)
+    headers = {k: v for k, v in (message.headers or {}).items() if k not in dropped}
+    if HEADER_ERROR not in headers:
+        headers[HEADER_ERROR], headers[HEADER_REASON] = broker_verdict(message.headers or {})
     return aio_pika.Message(
-        message.body, headers={k: v for k, v in (message.headers or {}).items() if k not in dropped},
+        message.body, headers=headers,
         content_type=message.content_type, content_encoding=message.content_encoding,
         delivery_mode=DeliveryMode.PERSISTENT, message_id=message.message_id, correlation_id=message.correlation_id,
         reply_to=message.reply_to, timestamp=message.timestamp, type=message.type, app_id=message.app_id,

@@ -3,7 +3,9 @@
 The single rule: a message is acked only after everything it produced is confirmed by the broker.
 A cancelled handler (shutdown) leaves its message unacked, so the broker redelivers it elsewhere;
 a handler that crashes rejects with requeue, so the quorum queue's delivery limit ends a poison
-message in the dead-letter queue instead of a loop.
+message in the dead-letter queue instead of a loop. On the last delivery the queue allows, the worker
+dead-letters a crashing job itself instead, with ``x-byok-error: delivery_limit`` and a reason naming the
+failure: the broker's own dead-lettering would carry neither (only its ``x-death`` record).
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ from aiormq.exceptions import ChannelInvalidStateError
 from schemas.models import MAX_JOB_BYTES
 from worker.broker.names import (
     DELAY_STEPS_MS,
+    DELIVERY_LIMIT_ERROR,
     HEADER_ATTEMPTS,
+    HEADER_DELIVERY_COUNT,
     HEADER_ERROR,
     HEADER_FIRST_SEEN,
     HEADER_NOT_BEFORE,
@@ -87,12 +91,14 @@ class JobConsumer:
     ack arrived), the outcome is settled again: the result is republished, the usage event keeps its
     ``event_id`` (counted once) and the provider is not called twice.
     Nothing it publishes is larger than ``max_message_bytes`` (default ``MAX_MESSAGE_BYTES``).
+    ``delivery_limit`` is the jobs queue's ``x-delivery-limit``: a job whose handler crashes on the last
+    delivery it allows is dead-lettered here with ``x-byok-error: delivery_limit`` (None: left to the broker).
     """
 
     def __init__(self, runner: JobRunner, publisher: Publisher, names: Topology, metrics: WorkerMetrics,
                  *, remember: int = 4096, remember_bytes: int = 64 * 1024 * 1024,
                  max_message_bytes: int | None = None, retry_window_s: float = 900.0,
-                 outbox: Outbox | None = None) -> None:
+                 outbox: Outbox | None = None, delivery_limit: int | None = None) -> None:
         self._runner = runner
         self.publisher = publisher
         self._outbox = outbox
@@ -101,6 +107,7 @@ class JobConsumer:
         self.recent = SettledMemo(max_entries=remember, max_bytes=remember_bytes)
         self._max_bytes = max_message_bytes or MAX_MESSAGE_BYTES
         self._retry_window_s = retry_window_s
+        self._delivery_limit = delivery_limit
         self._running: dict[str, asyncio.Future[None]] = {}
         self.in_flight: set[asyncio.Task[None]] = set()
         self.idle = asyncio.Event()
@@ -150,7 +157,7 @@ class JobConsumer:
                             note="broker connection lost; settled again on redelivery")
             else:
                 log.error("job.crashed", message_id=message.message_id, error=type(exc).__name__, exc_info=True)
-                await self._requeue(message)
+                await self._requeue(message, exc)
         finally:
             running.set_result(None)
             if self._running.get(key) is running:
@@ -208,9 +215,12 @@ class JobConsumer:
         log.info("job.finished", **settled.log_fields)
 
     async def _dead_letter(self, message: AbstractIncomingMessage, dead_letter: DeadLetter) -> None:
+        await self._dead_letter_as(message, dead_letter.code.value, dead_letter.reason)
+
+    async def _dead_letter_as(self, message: AbstractIncomingMessage, code: str, reason: str) -> None:
         headers = carried(message.headers or {})
-        headers[HEADER_ERROR] = dead_letter.code.value
-        headers[HEADER_REASON] = dead_letter.reason
+        headers[HEADER_ERROR] = code
+        headers[HEADER_REASON] = reason
         body = message.body
         limit = min(MAX_JOB_BYTES, self._max_bytes)
         if len(body) > limit:
@@ -221,7 +231,7 @@ class JobConsumer:
             self._names.dead_letter_exchange, "", body, message_id=message.message_id,
             headers=headers, correlation_id=message.correlation_id, reply_to=message.reply_to,
         )
-        self._metrics.dead_lettered(dead_letter.code.value)
+        self._metrics.dead_lettered(code)
 
     async def _publish_delayed(self, message: AbstractIncomingMessage, retry: RetryLater) -> None:
         step, headers = delayed_headers(message.headers or {}, retry, datetime.now(UTC))
@@ -233,9 +243,21 @@ class JobConsumer:
         log.info("job.delayed", message_id=message.message_id, delay_ms=step, attempts=retry.attempts,
                  reason=retry.reason)
 
-    async def _requeue(self, message: AbstractIncomingMessage) -> None:
+    async def _requeue(self, message: AbstractIncomingMessage, crash: Exception) -> None:
         if _channel_closed(message):
             return  # the delivery died with its channel; the broker redelivers it
+        earlier = (message.headers or {}).get(HEADER_DELIVERY_COUNT)
+        earlier = earlier if isinstance(earlier, int) and not isinstance(earlier, bool) else 0
+        if self._delivery_limit is not None and earlier >= self._delivery_limit:
+            # Requeued now, the broker would drop it past its limit without saying why: say it here.
+            reason = (f"the worker failed on each of the {earlier + 1} deliveries the queue allows "
+                      f"(last: {type(crash).__name__}); not attempted again")
+            try:
+                await self._dead_letter_as(message, DELIVERY_LIMIT_ERROR, reason)
+                await message.ack()
+                return
+            except Exception:
+                log.warning("job.dead_letter_failed", message_id=message.message_id, note="left to the broker")
         try:
             await message.reject(requeue=True)
         except Exception:

@@ -126,7 +126,8 @@ class Worker:
         self.outbox.attach(publisher)
         if self._consumer is None:
             self._consumer = JobConsumer(runner, publisher, self.names, self.metrics,
-                                         retry_window_s=settings.max_retry_window_s, outbox=self.outbox)
+                                         retry_window_s=settings.max_retry_window_s, outbox=self.outbox,
+                                         delivery_limit=settings.delivery_limit)
         else:
             self._consumer.publisher = publisher
         # What the last connection took with it unconfirmed, before any new job: billed calls stay counted.
