@@ -134,7 +134,7 @@ async def test_three_thousand_jobs_through_a_cluster_losing_the_queue_leader_the
     simulator.latency_s = 0.25  # about 25 calls in flight at the feed's pace: each stop cuts some of them
     started = time.monotonic()
     async with (
-        broker_tap(observer, usage=False) as tap, sampled(tap) as timeline,
+        broker_tap(observer, usage=False, copies=True) as tap, sampled(tap) as timeline,
         running_aggregator(aggregator) as agg, running(Worker(workers)) as w1, running(Worker(workers)) as w2,
     ):
         assert [p.node.port if p.node else None for p in (w1.broker, w2.broker, agg.broker)] == [c2.amqp_port] * 3
@@ -175,11 +175,18 @@ async def test_three_thousand_jobs_through_a_cluster_losing_the_queue_leader_the
                          what=lambda: f"every result: {timeline.unique()} " + _state(cluster, c3, w1, w2))
         finished = time.monotonic()
 
+        counts: dict[str, Any] = {}
+
         async def counted() -> dict[str, Any] | None:
             summary = await query_consumption(aggregator, WORKSPACE, None, None, ())
-            return summary if summary["totals"]["requests"] >= simulator.ledger.totals()["requests"] else None
+            counts["consumption"] = summary["totals"]["requests"]
+            return summary if counts["consumption"] >= simulator.ledger.totals()["requests"] else None
 
-        summary = await wait_until(counted, timeout=60, what="every billed call in the consumption")
+        summary = await wait_until(
+            counted, timeout=60, what=lambda: f"every billed call in the consumption: {counts} of "
+            f"{simulator.ledger.totals()['requests']} billed; usage events published {len(tap.usage)}, "
+            f"distinct {len({u.json['event_id'] for u in tap.usage})}; "
+            + _state(cluster, c3, w1, w2))
         dead_connection = await aio_pika.connect(c3.url)
         async with dead_connection:
             probe = await dead_connection.channel()
