@@ -77,10 +77,12 @@ async def test_worker_aggregator_and_cli_skip_a_dead_node_and_fail_over_when_the
                                  timeout=30, what="the aggregator consuming on the live node")
                 assert worker.connections == 2
 
-                # A byok command with the same list: the dead node and the cut proxy are skipped.
+                # byok commands with the same list: the dead node and the cut proxy are skipped.
                 submitted = await asyncio.to_thread(byok, cluster, "submit", "--file", "-", "--wait", "--timeout", "30",
                                  stdin=job_body("fo-cli", "ws-failover", model))
                 assert orjson.loads(submitted.stdout)["status"] == "succeeded"
+                listed = await asyncio.to_thread(byok, cluster, "dlq", "list", "--json")
+                assert orjson.loads(listed.stdout) == []
 
                 async def counted() -> dict[str, Any] | None:
                     summary = await query_consumption(agg_settings, "ws-failover", None, None, ())
