@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -21,7 +21,7 @@ import structlog
 from aio_pika.abc import AbstractIncomingMessage
 from aio_pika.message import IncomingMessage
 from aiormq.abc import DeliveredMessage
-from aiormq.exceptions import ChannelInvalidStateError
+from aiormq.exceptions import ChannelInvalidStateError, DeliveryError, PublishError
 
 from schemas.models import MAX_JOB_BYTES
 from worker.broker.names import (
@@ -108,6 +108,8 @@ class JobConsumer:
         self._max_bytes = max_message_bytes or MAX_MESSAGE_BYTES
         self._retry_window_s = retry_window_s
         self._delivery_limit = delivery_limit
+        self.on_publish_refused: Callable[[], None] | None = None
+        """Called when the broker refuses (basic.nack) a publish: the service starts over on a new connection."""
         self._running: dict[str, asyncio.Future[None]] = {}
         self.in_flight: set[asyncio.Task[None]] = set()
         self.idle = asyncio.Event()
@@ -151,18 +153,35 @@ class JobConsumer:
         except asyncio.CancelledError:
             log.info("job.cancelled", message_id=message.message_id, note="left unacked for redelivery")
             raise
+        except DeliveryError as exc:
+            if isinstance(exc, PublishError):  # returned as unroutable: not the channel's fault
+                await self._crashed(message, exc)
+            else:
+                self._refused(message)
         except Exception as exc:
             if _channel_closed(message):
                 log.warning("job.settle_interrupted", message_id=message.message_id, error=type(exc).__name__,
                             note="broker connection lost; settled again on redelivery")
             else:
-                log.error("job.crashed", message_id=message.message_id, error=type(exc).__name__, exc_info=True)
-                await self._requeue(message, exc)
+                await self._crashed(message, exc)
         finally:
             running.set_result(None)
             if self._running.get(key) is running:
                 del self._running[key]
             self._metrics.in_flight.dec()
+
+    async def _crashed(self, message: AbstractIncomingMessage, exc: Exception) -> None:
+        log.error("job.crashed", message_id=message.message_id, error=type(exc).__name__, exc_info=True)
+        await self._requeue(message, exc)
+
+    def _refused(self, message: AbstractIncomingMessage) -> None:
+        """The broker refused a publish (basic.nack): not the job's fault. A channel that published to a
+        quorum queue while its leader moved has been seen to refuse everything after, so the message stays
+        unacked and the worker starts over on a new connection (the outcome is remembered: no second call)."""
+        log.warning("job.publish_refused", message_id=message.message_id,
+                    note="starting over on a new connection; settled again on redelivery")
+        if self.on_publish_refused is not None:
+            self.on_publish_refused()
 
     def _remember(self, key: str, outcome: Outcome) -> Outcome | Settled:
         if not isinstance(outcome, Completed):

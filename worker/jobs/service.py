@@ -130,6 +130,7 @@ class Worker:
                                          delivery_limit=settings.delivery_limit)
         else:
             self._consumer.publisher = publisher
+        self._consumer.on_publish_refused = lambda: link.lose("the broker refused a publish (basic.nack)")
         # What the last connection took with it unconfirmed, before any new job: billed calls stay counted.
         republished = await self.outbox.republish()
         self.metrics.republished.inc(republished)
