@@ -83,6 +83,8 @@ async def test_worker_aggregator_and_cli_skip_a_dead_node_and_fail_over_when_the
                 assert orjson.loads(submitted.stdout)["status"] == "succeeded"
                 listed = await asyncio.to_thread(byok, cluster, "dlq", "list", "--json")
                 assert orjson.loads(listed.stdout) == []
+                declared = await asyncio.to_thread(byok, cluster, "topology", "declare")
+                assert declared.stdout.startswith(b"declared ")
 
                 async def counted() -> dict[str, Any] | None:
                     summary = await query_consumption(agg_settings, "ws-failover", None, None, ())

@@ -8,8 +8,7 @@ import asyncio
 import sys
 from typing import Any
 
-import aio_pika
-
+from worker.broker.connection import connect_any
 from worker.broker.names import Topology
 from worker.broker.topology import TopologySpec, declare_topology, deployed_topology
 from worker.cli.broker_errors import BrokerProblem, broker_problems
@@ -21,7 +20,7 @@ async def declare(settings: TopologySettings) -> TopologySpec:
     """Every exchange, queue and binding of the worker and the aggregator; idempotent, and a queue that exists
     with other arguments (another delivery limit) is refused with PRECONDITION_FAILED, changing nothing."""
     spec = deployed_topology(Topology(settings.topology_prefix), delivery_limit=settings.delivery_limit)
-    connection = await aio_pika.connect(settings.amqp_url.get_secret_value())
+    connection = await connect_any(settings.amqp_url)  # the first live node of BYOK_AMQP_URL
     async with connection:
         await declare_topology(await connection.channel(), spec)
     return spec
