@@ -15,6 +15,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -180,7 +181,8 @@ class RabbitCluster:
                         self.ctl(node, "stop", timeout_s=30)
                         node.process.wait(timeout=30)
                     except (RuntimeError, subprocess.TimeoutExpired):
-                        node.process.kill()  # this node's own process, started above
+                        # The script runs erl as a child: its own session (started above) goes as a whole.
+                        os.killpg(node.process.pid, signal.SIGKILL)
                         node.process.wait(timeout=10)
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
