@@ -9,6 +9,7 @@ import time
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import aio_pika
 import orjson
 import pytest
 import structlog
@@ -21,6 +22,7 @@ from tests.conftest import Sealer
 from tests.faults import TcpProxy
 from tests.services import free_port
 from tests.waiting import wait_until
+from worker.broker.names import Topology
 from worker.cli.consumption import query_consumption
 from worker.jobs.service import Worker
 from worker.settings import Settings
@@ -110,3 +112,37 @@ async def test_worker_aggregator_and_cli_skip_a_dead_node_and_fail_over_when_the
     lost = [e["node"] for e in logs if e["event"] == "broker.connection_lost"]
     assert lost == [f"127.0.0.1:{proxy.port}"] * 2
     assert all(KEY not in str(e) and "guest:guest" not in str(e) for e in logs)
+
+
+@pytest.mark.timeout(60)
+async def test_a_publish_the_broker_refuses_makes_the_worker_start_over_without_calling_twice(
+    settings: Settings, simulator: ProviderSimulator, tap: BrokerTap, seal: Sealer
+) -> None:
+    """A queue that refuses what is routed to it (full, ``x-overflow: reject-publish``) makes the broker nack the
+    worker's result: the job stays unacked, the worker starts over on a new connection, and once the queue takes
+    messages again the job is settled from memory: one provider call, one result."""
+    names = Topology(settings.topology_prefix)
+    base_url = simulator.base_url(Provider.OPENAI)
+    model: dict[str, Any] = {"provider": "openai", "name": "gpt-4o-mini", "base_url": base_url,
+                             "sealed_key": seal("ws-refused", KEY, Provider.OPENAI, base_url)}
+    connection = await aio_pika.connect(settings.amqp_url.get_secret_value())
+    async with connection:
+        channel = await connection.channel()
+        full = await channel.declare_queue(f"{names.prefix}.test.full", arguments={
+            "x-max-length": 0, "x-overflow": "reject-publish"})
+        await full.bind(names.results_exchange, routing_key="ws-refused.#")
+        with structlog.testing.capture_logs() as logs:
+            async with running(Worker(settings)) as worker:
+                await publish_jobs(settings, [job_body("refused-1", "ws-refused", model)])
+                await wait_until(lambda: worker.connections >= 2, timeout=30,
+                                 what="the worker starting over after the refused publish")
+                await full.delete(if_unused=False, if_empty=False)
+                await tap.wait_for(lambda: len(tap.results) >= 1, timeout_s=30)
+    # Each refused attempt reached the tap's queue too (results may repeat; subscribers key on job_id).
+    assert {r.json["job_id"] for r in tap.results} == {"refused-1"}
+    assert tap.dead == []
+    assert len(simulator.ledger.billed()) == 1, "settled again from memory: the provider was called once"
+    assert any(e["event"] == "job.publish_refused" for e in logs)
+    lost = [e["reason"] for e in logs if e["event"] == "broker.connection_lost"]
+    assert lost and all(reason == "the broker refused a publish (basic.nack)" for reason in lost)
+    assert not any(e["event"] == "job.crashed" for e in logs), "a refused publish is not a crash"
