@@ -136,6 +136,8 @@ async def test_a_publish_the_broker_refuses_makes_the_worker_start_over_without_
                 await publish_jobs(settings, [job_body("refused-1", "ws-refused", model)])
                 await wait_until(lambda: worker.connections >= 2, timeout=30,
                                  what="the worker starting over after the refused publish")
+                await asyncio.sleep(2.0)  # time passing while every attempt is refused: the worker must not spin
+                attempts_in_2s = worker.connections
                 await full.delete(if_unused=False, if_empty=False)
                 await tap.wait_for(lambda: len(tap.results) >= 1, timeout_s=30)
     # Each refused attempt reached the tap's queue too (results may repeat; subscribers key on job_id).
@@ -146,3 +148,7 @@ async def test_a_publish_the_broker_refuses_makes_the_worker_start_over_without_
     lost = [e["reason"] for e in logs if e["event"] == "broker.connection_lost"]
     assert lost and all(reason == "the broker refused a publish (basic.nack)" for reason in lost)
     assert not any(e["event"] == "job.crashed" for e in logs), "a refused publish is not a crash"
+    # Backing off after each connection lost at once: 0.1-0.2 s, then 0.2-0.4 s, 0.4-0.8 s… (a dozen at most
+    # in two seconds, where a worker that reconnected at once made a new connection every few milliseconds).
+    assert attempts_in_2s <= 8, attempts_in_2s
+    assert tap.dead == []

@@ -36,6 +36,8 @@ log = structlog.get_logger("byok.broker")
 RECONNECT_FIRST_S = 0.2
 RECONNECT_CAP_S = 5.0
 CONNECT_TIMEOUT_S = 10.0
+SHORT_LIVED_S = 5.0
+"""A connection lost sooner than this after it was made counts as a failed attempt for the backoff."""
 
 FATAL = (
     aio_pika.exceptions.ChannelPreconditionFailed,
@@ -150,7 +152,7 @@ class BrokerSupervisor:
     ) -> None:
         """``wait_for_first=False`` raises the first connection's failure as it is (a library caller wants a
         wrong URL, refused credentials or a stopped broker at once); later losses are handled the same either way."""
-        failures = 0
+        failures = quick_losses = 0
         down_since: float | None = None
         while not stop.is_set():
             try:
@@ -177,6 +179,7 @@ class BrokerSupervisor:
                 await _wait(stop, delay)
                 continue
             failures, down_since = 0, None
+            connected_at = time.monotonic()
             await _first(stop.wait(), link.lost.wait())
             if not stop.is_set():
                 self._last_lost = self.node
@@ -184,6 +187,11 @@ class BrokerSupervisor:
                             node=self.node.address if self.node else None, note="reconnecting")
                 await on_lost()
                 await self.close()
+                # A connection lost as soon as it was made (a publish refused again at once, a consumer
+                # cancelled again) is a failed attempt: back off rather than spin.
+                quick_losses = quick_losses + 1 if time.monotonic() - connected_at < SHORT_LIVED_S else 0
+                if quick_losses:
+                    await _wait(stop, reconnect_delay_s(quick_losses, self._jitter()))
 
     def _order(self) -> list[BrokerNode]:
         """The nodes in the order given, the one just lost last."""
