@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any, Final
 
-from schemas.models import CompletionJob
+from schemas.models import CompletionJob, Provider
 
 CHARS_PER_TOKEN: Final = 4
 ANTHROPIC_MIN_TOKENS: Final = 1024
@@ -38,6 +38,18 @@ def estimated_tokens(chars: int) -> int:
 
 def anthropic_min_tokens(model: str) -> int:
     return ANTHROPIC_HAIKU_MIN_TOKENS if "haiku" in model.lower() else ANTHROPIC_MIN_TOKENS
+
+
+OPENAI_MIN_TOKENS: Final = 1024
+
+
+def min_cacheable_tokens(provider: Provider, model: str) -> int | None:
+    """The shortest prefix the provider caches, in its tokens; None where the protocol caches nothing."""
+    if provider is Provider.ANTHROPIC:
+        return anthropic_min_tokens(model)
+    if provider is Provider.OPENAI:
+        return OPENAI_MIN_TOKENS
+    return None
 
 
 def _prefix_chars(body: dict[str, Any]) -> int:
@@ -70,4 +82,6 @@ def openai_cache_key(job: CompletionJob) -> dict[str, Any]:
     return {"prompt_cache_key": key}
 
 
-__all__ = ["anthropic_min_tokens", "estimated_tokens", "mark_anthropic_prefix", "openai_cache_key"]
+__all__ = [
+    "anthropic_min_tokens", "estimated_tokens", "mark_anthropic_prefix", "min_cacheable_tokens", "openai_cache_key",
+]
