@@ -21,9 +21,9 @@ up to the total, and so do a run's calls. Estimates beyond pricing:
 - ``cache.saved_usd`` (net): what the same tokens would have cost with cache reads and writes billed as plain
   input, minus what they cost (so cache-write premiums count against the saving).
 - ``cache.open_saving_usd``: for the calls repeating a system prompt of the automation (every call of a
-  fingerprint after its first), the estimated system-prompt tokens not already read from or written to the
-  cache, when long enough for the provider to cache, at the difference between the input and cached-input
-  prices in effect today.
+  fingerprint after its first) that read and wrote nothing in the provider's cache, the estimated
+  system-prompt tokens, when long enough for the provider to cache (``min_cacheable_tokens``), at the
+  difference between the input and cached-input prices in effect today.
 - ``cheapest``: the same tokens on the model of the same provider that would cost least in the price table,
   a price comparison only (it says nothing of quality).
 
@@ -134,14 +134,15 @@ def _open_saving(calls: Sequence[PricedCall], prices: PriceTable, today: date) -
         if fingerprint not in seen:
             seen.add(fingerprint)  # the first call of a prompt writes the cache whatever happens
             continue
+        counters = call.counters
+        if counters.cache_read_tokens or counters.cache_write_tokens:
+            continue  # the provider caches this call's prefix already
         estimated = system_tokens(call)
         minimum = min_cacheable_tokens(Provider(call.provider), call.model)
         entry = prices.price(call.provider, call.model, today)
         if estimated is None or minimum is None or entry is None or estimated < minimum:
             continue
-        counters = call.counters
-        uncached = min(max(estimated - counters.cache_read_tokens - counters.cache_write_tokens, 0.0),
-                       float(counters.input_tokens))
+        uncached = min(estimated, float(counters.input_tokens))
         saving += uncached * max(entry.input - entry.cache_read_price, 0.0) / 1_000_000
     return saving
 

@@ -14,13 +14,14 @@ def _percent(value: float | None) -> str:
     return "-" if value is None else f"{value * 100:.1f}%"
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]], text_columns: int = 1) -> list[str]:
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], text_columns: Sequence[int] = (0,)) -> list[str]:
+    """Text columns (by index) to the left, numbers to the right."""
     table = [list(header), *map(list, rows)]
     widths = [max(len(line[i]) for line in table) for i in range(len(header))]
 
     def fmt(line: list[str]) -> str:
         return "  ".join(
-            cell.ljust(width) if i < text_columns else cell.rjust(width)
+            cell.ljust(width) if i in text_columns else cell.rjust(width)
             for i, (cell, width) in enumerate(zip(line, widths, strict=True))
         ).rstrip()
 
@@ -59,7 +60,7 @@ def _runs(result: dict[str, Any], run_tag: str) -> list[str]:
     top = [[_name(a["automation_id"]), run["run"], f"{run['calls']:,}", _usd(run["cost_usd"])]
            for a in with_runs for run in a["runs"]["top"]]
     return [f"Agent runs (tag {run_tag!r}; per run, nearest-rank percentiles):", *_table(header, rows), "",
-            "Costliest runs:", *_table(["automation", "run", "calls", "cost (USD)"], top, text_columns=2)]
+            "Costliest runs:", *_table(["automation", "run", "calls", "cost (USD)"], top, text_columns=(0, 1))]
 
 
 def _models(result: dict[str, Any]) -> list[str]:
@@ -70,7 +71,7 @@ def _models(result: dict[str, Any]) -> list[str]:
         for m in result["models"]
     ]
     header = ["provider", "model", "requests", "cost (USD)", "cheapest same provider~", "same tokens (USD)~"]
-    return _table(header, rows, text_columns=2)
+    return _table(header, rows, text_columns=(0, 1, 4))
 
 
 def render_drivers(result: dict[str, Any], run_tag: str) -> str:
