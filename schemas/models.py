@@ -160,9 +160,10 @@ class CompletionInput(_Message):
     response_format: ResponseFormat | None = None
     cache: Literal["auto", "off"] | None = Field(
         default=None,
-        description="auto (the default when absent): the worker marks the stable prefix (tools, system prompt) for the provider's prompt "
-        "cache where the protocol takes a marker (Anthropic cache_control, once the prefix reaches the model's "
-        "minimum cacheable length) and sends OpenAI a prompt_cache_key of workspace + automation; off: neither",
+        description="auto (the default when absent): the worker marks the stable prefix (tools, system "
+        "prompt) for the provider's prompt cache where the protocol takes a marker (Anthropic cache_control, "
+        "once the prefix reaches the model's minimum cacheable length) and sends OpenAI a prompt_cache_key of "
+        "workspace + automation; off: neither",
     )
 
     @model_validator(mode="after")

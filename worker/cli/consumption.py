@@ -37,7 +37,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "consumption", help="a workspace's token usage and estimated cost",
         description="Reads a workspace's consumption from the store the aggregator writes: requests, the five token "
                     "counts and the estimated cost, grouped as asked, with totals (or JSON).",
-        epilog="settings: BYOK_STORE_URL (the aggregator's store), BYOK_PRICES_FILE, BYOK_UNREPORTED_GRACE_S. "
+        epilog="settings: BYOK_STORE_URL (the aggregator's store), BYOK_PRICES_FILE, BYOK_UNREPORTED_GRACE_S, "
+               "BYOK_RUN_TAG (--drivers). "
                "exit codes: 0 printed, 1 store or price table failure, 2 invalid arguments",
     )
     query.add_argument("workspace", help="workspace id")
