@@ -187,9 +187,13 @@ class _ModelSum:
 
 def _cheapest(provider: str, calls: Sequence[PricedCall], prices: PriceTable) -> dict[str, Any] | None:
     totals: dict[str, float] = {}
+    models_on: dict[date, list[tuple[str, PriceEntry]]] = {}
     for priced in calls:
         call = priced.call
-        for name, entry in prices.models_of(provider, call.occurred_at.date()):
+        day = call.occurred_at.date()
+        if day not in models_on:
+            models_on[day] = prices.models_of(provider, day)
+        for name, entry in models_on[day]:
             totals[name] = totals.get(name, 0.0) + entry.cost(call.counters)
     if not totals:
         return None
