@@ -172,6 +172,10 @@ async def test_the_drivers_report_names_what_drives_the_cost(
     for name in ("support-bot", "research-agent", "tagger", "run-3", "estimate"):
         assert name in table
     with capsys.disabled():
+        print(f"\nsystem_prompt_share of support-bot: report {heavy['system_prompt_share']:.4f}, simulator "
+              f"{truth:.4f}; saved_usd: report {heavy['cache']['saved_usd']:.6f}, ledger {ledger_saving:.6f}; "
+              f"calls per run {sorted(RUN_SIZES)} -> {runs['calls_per_run']}; total {report['total_cost_usd']:.6f}, "
+              f"consumption {consumption['totals']['cost_usd']:.6f}")
         print(f"\n$ byok consumption {WORKSPACE} --drivers\n{table}")
 
 
