@@ -144,6 +144,10 @@ def test_an_unpriced_automation_has_no_cost_and_no_share(table: PriceTable) -> N
     assert [(a["automation_id"], a["cost_usd"], a["cost_share"]) for a in report["automations"]] == [
         ("a", 1.0, 1.0), ("m", None, None)]
     assert build_drivers("acme", [], table)["total_cost_usd"] is None
+    runs = build_drivers("acme", [call("m", "mistral", "mistral-x", tags={"agent_run": "r"}, input_tokens=5)],
+                         table, today=TODAY)["automations"][0]["runs"]
+    assert runs["cost_per_run_usd"] == {"p50": None, "p95": None, "max": None}
+    assert runs["top"] == [{"run": "r", "calls": 1, "cost_usd": None}]
 
 
 def shaped(event: UsageEvent, *, system: str | None, chars: int, tags: dict[str, str] | None = None) -> UsageEvent:

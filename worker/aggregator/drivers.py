@@ -109,16 +109,24 @@ def _runs(calls: Sequence[PricedCall], run_tag: str) -> dict[str, Any] | None:
     if not runs:
         return None
     sizes = {run: len(members) for run, members in runs.items()}
-    costs = {run: sum(p.cost or 0.0 for p in members) for run, members in runs.items()}
+    costs: dict[str, float | None] = {}
+    for run, members in runs.items():
+        cost = _Cost()
+        for priced in members:
+            cost.add(priced.cost)
+        costs[run] = cost.usd
     calls_per_run = list(sizes.values())
-    cost_per_run = list(costs.values())
-    top = sorted(runs, key=lambda run: (-costs[run], run))[:TOP_RUNS]
+    priced_runs = [cost for cost in costs.values() if cost is not None]  # a run with no price has no cost
+    top = sorted(runs, key=lambda run: (-(costs[run] or 0.0), run))[:TOP_RUNS]
     return {
         "count": len(runs),
         "calls_per_run": {"p50": nearest_rank(calls_per_run, 50), "p95": nearest_rank(calls_per_run, 95),
                           "max": max(calls_per_run)},
-        "cost_per_run_usd": {"p50": _usd(nearest_rank(cost_per_run, 50)), "p95": _usd(nearest_rank(cost_per_run, 95)),
-                             "max": _usd(max(cost_per_run))},
+        "cost_per_run_usd": {
+            "p50": _usd(nearest_rank(priced_runs, 50)) if priced_runs else None,
+            "p95": _usd(nearest_rank(priced_runs, 95)) if priced_runs else None,
+            "max": _usd(max(priced_runs)) if priced_runs else None,
+        },
         "top": [{"run": run, "calls": sizes[run], "cost_usd": _usd(costs[run])} for run in top],
     }
 
