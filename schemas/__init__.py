@@ -32,6 +32,7 @@ from schemas.models import (
     Status,
     TokenCounts,
     UsageEvent,
+    UsageShape,
 )
 
 __all__ = [
@@ -63,5 +64,6 @@ __all__ = [
     "ToolChoiceName",
     "ToolMessage",
     "UsageEvent",
+    "UsageShape",
     "UserMessage",
 ]

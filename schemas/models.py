@@ -158,6 +158,13 @@ class CompletionInput(_Message):
     tools: Annotated[list[Tool], Field(max_length=MAX_TOOLS)] | None = None
     tool_choice: ToolChoice | None = None
     response_format: ResponseFormat | None = None
+    cache: Literal["auto", "off"] | None = Field(
+        default=None,
+        description="auto (the default when absent): the worker marks the stable prefix (tools, system "
+        "prompt) for the provider's prompt cache where the protocol takes a marker (Anthropic cache_control, "
+        "once the prefix reaches the model's minimum cacheable length) and sends OpenAI a prompt_cache_key of "
+        "workspace + automation; off: neither",
+    )
 
     @model_validator(mode="after")
     def _conversation(self) -> CompletionInput:
@@ -258,6 +265,21 @@ class CompletionResult(_Message):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
+class UsageShape(_Message):
+    """The size of what a call sent, never its text: what the drivers report estimates shares from."""
+
+    system_chars: Annotated[int, Field(ge=0)] = Field(description="characters of the system prompt")
+    input_chars: Annotated[int, Field(ge=0)] = Field(
+        description="characters of all text input: system prompt, messages, tool calls and results, tool definitions"
+    )
+    messages: Annotated[int, Field(ge=0)] = Field(description="messages in input.messages")
+    tools: Annotated[int, Field(ge=0)] = Field(description="tools offered")
+    images: Annotated[int, Field(ge=0)] = Field(description="images in the messages")
+    system_fingerprint: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{16}$")] | None = Field(
+        default=None, description="the first 16 hex digits of the SHA-256 of the system prompt; null without one"
+    )
+
+
 class UsageEvent(TokenCounts):
     schema_: Literal["byok.usage_event.v1"] = Field(default=USAGE_SCHEMA, alias="schema")
     event_id: Annotated[str, StringConstraints(min_length=1, max_length=256)]
@@ -275,6 +297,9 @@ class UsageEvent(TokenCounts):
         description="False when the provider's response carried no usage: the counts are unknown, not zero.",
     )
     raw_usage: dict[str, Any] | None = None
+    shape: UsageShape | None = Field(
+        default=None, description="sizes of what the call sent (no prompt text); absent from older events"
+    )
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

@@ -122,6 +122,8 @@ class ConsumptionSettings(StoreSettings):
         description="a provider call still without its usage event this long after it started is reported in "
         "unreported_calls",
     )
+    run_tag: str = Field(default="agent_run", min_length=1, max_length=64)
+    """The job tag naming an agent run: the drivers report groups each automation's calls by its value."""
 
 
 class TopologySettings(ProcessSettings):

@@ -178,7 +178,9 @@ def _parameter(doc: dict[str, Any], path: str, name: str) -> dict[str, Any]:
 _EXAMPLE_OF_FORMAT = {"date-time": "2025-03-01T10:30:00+00:00", "date": "2025-03-01"}
 
 
-@pytest.mark.parametrize("path", [f"/v1/workspaces/{{workspace_id}}/{what}" for what in ("consumption", "anomalies")])
+@pytest.mark.parametrize(
+    "path", [f"/v1/workspaces/{{workspace_id}}/{what}" for what in ("consumption", "drivers", "anomalies")]
+)
 async def test_openapi_query_parameters_are_typed_as_the_api_takes_them(api: tuple[str, Flags], path: str) -> None:
     doc = openapi_document()
     url = api[0] + path.replace("{workspace_id}", "acme")

@@ -19,6 +19,7 @@ from tests.aggregator.test_consumption import TOTALS, dataset
 from tests.services import free_port
 from tests.waiting import wait_until
 from worker.aggregator.consumption import consumption
+from worker.aggregator.drivers import drivers
 from worker.aggregator.pricing import load_prices
 from worker.aggregator.store import Store
 from worker.cli.main import build_parser
@@ -145,3 +146,28 @@ async def test_the_aggregator_exits_1_when_the_broker_stays_unreachable(tmp_path
     assert ran.returncode == 1, ran.stderr[-2000:]
     assert "byok aggregator: the broker has been unreachable for" in ran.stderr
     assert "broker.unreachable" in ran.stderr
+
+
+async def test_drivers_json_is_the_report_and_the_table_labels_its_estimates(
+    store_env: str, prices_file: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BYOK_RUN_TAG", "session")
+    assert await run(["consumption", "acme", "--drivers", "--json", "--until", "2025-03-03"]) == 0
+    printed = orjson.loads(capsys.readouterr().out)
+    store = await Store.open(store_env)
+    try:
+        expected = await drivers(store, load_prices(prices_file), "acme", until=at("2025-03-03 00:00"),
+                                 run_tag="session")
+    finally:
+        await store.close()
+    assert printed == expected
+    assert sum(a["requests"] for a in printed["automations"]) == TOTALS["requests"]
+    assert await run(["consumption", "acme", "--drivers"]) == 0
+    table = capsys.readouterr().out
+    assert "(estimate)" in table and "Columns marked ~ are estimates" in table
+    assert "No calls carry the run tag 'session'." in table
+
+
+async def test_drivers_refuse_a_group_by(store_env: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert await run(["consumption", "acme", "--drivers", "--group-by", "model"]) == 2
+    assert "--group-by does not apply to --drivers" in capsys.readouterr().err

@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from schemas.models import Status
+from schemas.models import Status, UsageShape
 from tests.aggregator.helpers import failed, usage
 from worker.aggregator.consumer import InvalidMessage
 from worker.aggregator.messages import MAX_TOKENS_PER_EVENT, parse_failed_result, parse_usage
@@ -18,6 +18,14 @@ def body(model: object) -> bytes:
 def test_a_usage_event_round_trips() -> None:
     event = usage("2025-03-01 10:00", input_tokens=5, tags={"run": "r1"})
     assert parse_usage(body(event)) == event
+    shaped = event.model_copy(update={"shape": UsageShape(
+        system_chars=10, input_chars=20, messages=1, tools=0, images=0, system_fingerprint="0123456789abcdef")})
+    assert parse_usage(body(shaped)) == shaped
+
+
+def _with_shape(**shape: object) -> bytes:
+    fields = {"system_chars": 0, "input_chars": 0, "messages": 1, "tools": 0, "images": 0, **shape}
+    return orjson.dumps({**orjson.loads(body(usage("2025-03-01 10:00"))), "shape": fields})
 
 
 @pytest.mark.parametrize(
@@ -28,6 +36,9 @@ def test_a_usage_event_round_trips() -> None:
         (orjson.dumps({**orjson.loads(body(usage("2025-03-01 10:00"))), "workspace_id": "bad ws"}), "workspace_id"),
         (body(usage("2025-03-01 10:00", model="gpt\u0000")), "NUL"),
         (body(usage("2025-03-01 10:00", input_tokens=MAX_TOKENS_PER_EVENT + 1)), "implausible"),
+        (_with_shape(input_chars=2**63), "implausible shape counts in input_chars"),
+        (_with_shape(system_fingerprint="not hex"), "shape.system_fingerprint"),
+        (_with_shape(images=-1), "shape.images"),
     ],
 )
 def test_unusable_usage_messages_are_invalid(raw: bytes, reason: str) -> None:

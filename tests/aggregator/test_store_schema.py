@@ -61,3 +61,16 @@ async def test_a_schema_newer_than_the_code_is_refused(tmp_path: Path) -> None:
         conn.execute(f"INSERT INTO {MIGRATIONS_TABLE} VALUES (?, 'future', 0)", (LATEST_VERSION + 1,))  # noqa: S608
     with pytest.raises(StoreSchemaError, match="newer"):
         await Store.open(url)
+
+
+async def test_a_reader_refuses_a_store_missing_an_earlier_migration(tmp_path: Path) -> None:
+    """Migration numbers are reserved per feature: a store at the latest version may still lack one before it."""
+    url = f"sqlite:///{tmp_path / 'gap.db'}"
+    await (await Store.open(url)).close()
+    with contextlib.closing(sqlite3.connect(tmp_path / "gap.db")) as conn, conn:
+        conn.execute(f"DELETE FROM {MIGRATIONS_TABLE} WHERE version = 3")  # noqa: S608
+        conn.execute("DROP TABLE usage_shapes")
+    with pytest.raises(StoreSchemaError, match="lacks migration 3"):
+        await Store.open(url, migrate_schema=False)
+    await (await Store.open(url)).close()  # the aggregator applies what is missing
+    await (await Store.open(url, migrate_schema=False)).close()

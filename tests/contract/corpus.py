@@ -31,6 +31,23 @@ FIXED_INPUTS: dict[str, dict[str, Any]] = {
         "messages": [{"role": "user", "content": "Count to three"}, {"role": "assistant", "content": "1, 2,"}],
         "temperature": 1.5,
     },
+    # Automatic prompt caching: a prefix long enough for Anthropic's marker, with tools; and caching off.
+    "cached long system prompt": {
+        "system": "Follow the house style guide. " * 400,
+        "messages": [{"role": "user", "content": "Summarise the ticket"}],
+        "tools": [{"name": "lookup", "description": "Looks a ticket up.",
+                   "parameters": {"type": "object", "properties": {"id": {"type": "string"}}}}],
+    },
+    "cached long tools only": {
+        "messages": [{"role": "user", "content": "Summarise the ticket"}],
+        "tools": [{"name": f"tool_{n}", "description": "A tool with a long description. " * 20,
+                   "parameters": {"type": "object", "properties": {"id": {"type": "string"}}}} for n in range(10)],
+    },
+    "cache off": {
+        "system": "Follow the house style guide. " * 400,
+        "messages": [{"role": "user", "content": "Summarise the ticket"}],
+        "cache": "off",
+    },
 }
 
 

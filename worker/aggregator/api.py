@@ -1,4 +1,4 @@
-"""The aggregator's HTTP API (aiohttp): consumption, anomalies, health, metrics, its OpenAPI document."""
+"""The aggregator's HTTP API (aiohttp): consumption, cost drivers, anomalies, health, metrics, its OpenAPI document."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from worker.aggregator.consumption import (
     parse_instant,
 )
 from worker.aggregator.db import StoreError
+from worker.aggregator.drivers import DEFAULT_RUN_TAG, drivers
 from worker.aggregator.metrics import AggregatorMetrics
 from worker.aggregator.openapi import openapi_document
 from worker.aggregator.pricing import PriceTable
@@ -83,9 +84,10 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 class AggregatorApi:
     def __init__(
         self, store: Store, prices: PriceTable, metrics: AggregatorMetrics, state: ApiState,
-        *, unreported_grace_s: float = DEFAULT_UNREPORTED_GRACE_S,
+        *, unreported_grace_s: float = DEFAULT_UNREPORTED_GRACE_S, run_tag: str = DEFAULT_RUN_TAG,
     ) -> None:
         self._unreported_grace_s = unreported_grace_s
+        self._run_tag = run_tag
         self._store = store
         self._prices = prices
         self._metrics = metrics
@@ -94,6 +96,7 @@ class AggregatorApi:
     def app(self) -> web.Application:
         app = web.Application(middlewares=[_errors])
         app.router.add_get("/v1/workspaces/{workspace_id}/consumption", self.consumption)
+        app.router.add_get("/v1/workspaces/{workspace_id}/drivers", self.drivers)
         app.router.add_get("/v1/workspaces/{workspace_id}/anomalies", self.anomalies)
         app.router.add_get("/healthz", self.health)
         app.router.add_get("/metrics", self.metrics)
@@ -109,6 +112,16 @@ class AggregatorApi:
             until=parse_instant(query.get("until"), "until"),
             group_by=parse_group_by(group_values),
             unreported_grace_s=self._unreported_grace_s,
+        )
+        return _json(result)
+
+    async def drivers(self, request: web.Request) -> web.Response:
+        query = request.rel_url.query
+        result = await drivers(
+            self._store, self._prices, _workspace(request),
+            since=parse_instant(query.get("since"), "since"),
+            until=parse_instant(query.get("until"), "until"),
+            run_tag=self._run_tag,
         )
         return _json(result)
 

@@ -9,6 +9,7 @@ from worker.aggregator.consumer import InvalidMessage, describe
 
 # Far above any real call, far below the 64-bit integers both stores hold.
 MAX_TOKENS_PER_EVENT = 10**12
+SHAPE_COUNTS = ("system_chars", "input_chars", "messages", "tools", "images")
 
 
 def _no_nul(body: bytes) -> None:
@@ -40,6 +41,10 @@ def parse_usage(body: bytes) -> UsageEvent:
     too_large = [name for name in TOKEN_BUCKETS if getattr(event, name) > MAX_TOKENS_PER_EVENT]
     if too_large:
         raise InvalidMessage(f"implausible token counts in {', '.join(too_large)} (> {MAX_TOKENS_PER_EVENT})")
+    shape = event.shape
+    oversized = [name for name in SHAPE_COUNTS if shape is not None and getattr(shape, name) > MAX_TOKENS_PER_EVENT]
+    if oversized:
+        raise InvalidMessage(f"implausible shape counts in {', '.join(oversized)} (> {MAX_TOKENS_PER_EVENT})")
     return event
 
 

@@ -103,6 +103,21 @@ MIGRATIONS: tuple[Migration, ...] = (
         ),
     ),
     Migration(
+        3,
+        "usage shapes: the size of each call's input and its system prompt's fingerprint (cost drivers)",
+        (
+            """CREATE TABLE usage_shapes (
+                event_id TEXT PRIMARY KEY,
+                system_chars BIGINT NOT NULL,
+                input_chars BIGINT NOT NULL,
+                messages BIGINT NOT NULL,
+                tools BIGINT NOT NULL,
+                images BIGINT NOT NULL,
+                system_fingerprint TEXT
+            )""",
+        ),
+    ),
+    Migration(
         4,
         "provider call records: calls that may be billed, completed by their usage event",
         (
@@ -177,8 +192,11 @@ def check_current(sql: Sql) -> None:
         raise StoreSchemaError("the consumption store is empty: has `byok aggregator` run yet?")
     versions = applied_versions(sql)
     _check_known(versions)
-    if not versions or versions[-1] < LATEST_VERSION:
+    missing = sorted({migration.version for migration in MIGRATIONS} - set(versions))
+    if missing:
+        # Numbers are reserved per feature: a store may be at the latest version and still miss an earlier one.
         raise StoreSchemaError(
-            f"the store's schema is at version {versions[-1] if versions else 0}, this code needs "
-            f"{LATEST_VERSION}: start `byok aggregator` once to migrate it"
+            f"the store's schema lacks migration {', '.join(map(str, missing))} (it is at version "
+            f"{versions[-1] if versions else 0}, this code needs {LATEST_VERSION}): start `byok aggregator` once "
+            "to migrate it"
         )

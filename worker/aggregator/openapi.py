@@ -7,6 +7,7 @@ from typing import Any
 from schemas.models import IDENTIFIER_PATTERN, TOKEN_BUCKETS
 from worker.aggregator.alerts import Alert, AlertKind
 from worker.aggregator.consumption import DEFAULT_GROUP_BY, GROUPS
+from worker.aggregator.drivers import TOP_RUNS
 
 _COUNTERS = ("requests", *TOKEN_BUCKETS, "unreported_requests", "unreported_calls")
 
@@ -91,6 +92,7 @@ def _schemas() -> dict[str, Any]:
             },
             "required": ["workspace_id", "totals", "rows", "estimate"],
         },
+        **_drivers_schemas(),
         "Alert": alert_schema,
         "Anomalies": {
             "type": "object",
@@ -117,13 +119,112 @@ def _schemas() -> dict[str, Any]:
     }
 
 
+_USD = {"type": ["number", "null"], "description": "estimated USD from the price table; null when unpriced"}
+_SHARE = {"type": ["number", "null"], "minimum": 0, "maximum": 1}
+
+
+def _percentiles(kind: dict[str, Any], meaning: str) -> dict[str, Any]:
+    return {"type": "object", "description": f"{meaning}: nearest-rank p50 and p95, and the maximum",
+            "properties": {"p50": kind, "p95": kind, "max": kind}, "required": ["p50", "p95", "max"]}
+
+
+def _drivers_schemas() -> dict[str, Any]:
+    runs = {
+        "type": ["object", "null"],
+        "description": "the automation's agent runs (calls grouped by the value of the BYOK_RUN_TAG tag, default "
+                       "agent_run); null when none of its calls carries that tag",
+        "properties": {
+            "count": {"type": "integer", "minimum": 1},
+            "calls_per_run": _percentiles({"type": "integer"}, "calls per run"),
+            "cost_per_run_usd": _percentiles(_USD, "estimated USD per run"),
+            "top": {"type": "array", "description": f"the costliest runs, at most {TOP_RUNS}, costliest first",
+                    "items": {"type": "object", "required": ["run", "calls", "cost_usd"],
+                              "properties": {"run": {"type": "string"}, "calls": {"type": "integer"},
+                                             "cost_usd": _USD}}},
+        },
+        "required": ["count", "calls_per_run", "cost_per_run_usd", "top"],
+    }
+    automation = {
+        "type": "object",
+        "properties": {
+            "automation_id": {"type": ["string", "null"], "description": "null for jobs without one"},
+            "requests": {"type": "integer", "minimum": 0, "description": "billed provider calls (usage events)"},
+            "cost_usd": _USD,
+            "cost_share": {**_SHARE, "description": "share of the workspace's estimated cost"},
+            "input_tokens": {"type": "integer", "minimum": 0, "description": "input + cache read + cache write"},
+            "system_prompt_share": {
+                **_SHARE, "description": "an estimate: each call's input tokens split by the characters of its "
+                "system prompt over all its input characters (calls without a recorded shape left out)",
+            },
+            "system_prompts": {
+                "type": "object", "required": ["distinct", "top_fingerprint", "top_calls"],
+                "properties": {
+                    "distinct": {"type": "integer", "minimum": 0, "description": "distinct system prompts"},
+                    "top_fingerprint": {"type": ["string", "null"],
+                                        "description": "the most used one: 16 hex digits of its SHA-256"},
+                    "top_calls": {"type": "integer", "minimum": 0, "description": "calls with the most used one"},
+                },
+            },
+            "cache": {
+                "type": "object", "required": ["read_share", "saved_usd", "open_saving_usd"],
+                "properties": {
+                    "read_share": {**_SHARE, "description": "cache read tokens over input_tokens"},
+                    "saved_usd": {"type": "number", "description": "an estimate, net: the same tokens with no "
+                                  "caching minus what they cost (cache-write premiums included)"},
+                    "open_saving_usd": {"type": "number", "description": "an estimate: what caching the repeated "
+                                        "system prompt would still save at the current prices"},
+                },
+            },
+            "runs": runs,
+        },
+        "required": ["automation_id", "requests", "cost_usd", "cost_share", "input_tokens", "system_prompt_share",
+                     "system_prompts", "cache", "runs"],
+    }
+    model = {
+        "type": "object",
+        "properties": {
+            "provider": {"type": "string"}, "model": {"type": "string"},
+            "requests": {"type": "integer", "minimum": 0}, "cost_usd": _USD,
+            "cheapest": {
+                "type": ["object", "null"],
+                "description": "an estimate, a price comparison only: the same tokens on the cheapest priced model "
+                               "of the same provider in the price table; null when the provider has none",
+                "properties": {"model": {"type": "string"}, "cost_usd": {"type": "number"}},
+                "required": ["model", "cost_usd"],
+            },
+        },
+        "required": ["provider", "model", "requests", "cost_usd", "cheapest"],
+    }
+    return {
+        "DriversAutomation": automation,
+        "DriversModel": model,
+        "Drivers": {
+            "type": "object",
+            "description": "what drives the workspace's cost; every amount is an estimate from the price table, "
+                           "and each billed call counts once in every grouping (tags never double count)",
+            "properties": {
+                "workspace_id": {"type": "string"},
+                "since": {"type": ["string", "null"], "format": "date-time"},
+                "until": {"type": ["string", "null"], "format": "date-time"},
+                "prices_as_of": {"type": "string", "description": "version of the price table used"},
+                "total_cost_usd": _USD,
+                "automations": {"type": "array", "description": "highest cost first",
+                                "items": {"$ref": "#/components/schemas/DriversAutomation"}},
+                "models": {"type": "array", "description": "highest cost first",
+                           "items": {"$ref": "#/components/schemas/DriversModel"}},
+            },
+            "required": ["workspace_id", "since", "until", "prices_as_of", "total_cost_usd", "automations", "models"],
+        },
+    }
+
+
 def openapi_document() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {
             "title": "byok aggregator API",
             "version": "1",
-            "description": "Consumption (token counts and estimated cost) and anomalies per workspace.",
+            "description": "Consumption (token counts and estimated cost), cost drivers and anomalies per workspace.",
         },
         "paths": {
             "/v1/workspaces/{workspace_id}/consumption": {
@@ -146,6 +247,22 @@ def openapi_document() -> dict[str, Any]:
                     ],
                     "responses": {
                         "200": _json_response("the consumption", "Consumption"),
+                        "400": _error_response("a bad parameter"),
+                        "503": _error_response("the store is unavailable"),
+                    },
+                }
+            },
+            "/v1/workspaces/{workspace_id}/drivers": {
+                "get": {
+                    "operationId": "getDrivers",
+                    "summary": "What drives a workspace's cost: per automation, agent run and model (estimates)",
+                    "parameters": [
+                        _WORKSPACE,
+                        _instant("since", "inclusive start"),
+                        _instant("until", "exclusive end"),
+                    ],
+                    "responses": {
+                        "200": _json_response("the drivers", "Drivers"),
                         "400": _error_response("a bad parameter"),
                         "503": _error_response("the store is unavailable"),
                     },

@@ -1,14 +1,17 @@
 """The versioned price table: USD per million tokens, per provider and model, by effective date.
 
 Shipped in ``worker/data/prices.json``; ``BYOK_PRICES_FILE`` replaces it as a whole. A call is priced
-with the entry in effect on the UTC day it happened. Reasoning tokens are billed at the output price.
+with the entry in effect on the UTC day it happened. Cache reads and cache writes have their own prices where
+the provider bills them apart (Anthropic's cache writes cost more than input, its reads a tenth); reasoning
+tokens are billed at the ``reasoning`` price, which defaults to the output price (no provider of the four
+prices them apart today).
 A model without an entry in effect has no price: it is reported as unpriced, never as $0.
 """
 
 from __future__ import annotations
 
 import bisect
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
 from importlib import resources
 from pathlib import Path
@@ -36,6 +39,7 @@ class PriceEntry(BaseModel):
     cache_read: UsdPerMillion | None = Field(default=None, description="defaults to the input price")
     cache_write: UsdPerMillion | None = Field(default=None, description="defaults to the input price")
     output: UsdPerMillion
+    reasoning: UsdPerMillion | None = Field(default=None, description="defaults to the output price")
     source: Annotated[str, StringConstraints(min_length=1)]
     notes: str | None = None
 
@@ -47,15 +51,27 @@ class PriceEntry(BaseModel):
     def cache_write_price(self) -> float:
         return self.input if self.cache_write is None else self.cache_write
 
+    @property
+    def reasoning_price(self) -> float:
+        return self.output if self.reasoning is None else self.reasoning
+
     def cost(self, counters: Counters) -> float:
-        """Estimated USD for these counters; reasoning tokens at the output price."""
+        """Estimated USD for these counters."""
         micro = (
             counters.input_tokens * self.input
             + counters.cache_read_tokens * self.cache_read_price
             + counters.cache_write_tokens * self.cache_write_price
-            + (counters.output_tokens + counters.reasoning_tokens) * self.output
+            + counters.output_tokens * self.output
+            + counters.reasoning_tokens * self.reasoning_price
         )
         return micro / PER_TOKENS
+
+    def uncached_cost(self, counters: Counters) -> float:
+        """What the same tokens would cost with no prompt caching: cache reads and writes as plain input."""
+        return self.cost(replace(
+            counters, input_tokens=counters.input_tokens + counters.cache_read_tokens + counters.cache_write_tokens,
+            cache_read_tokens=0, cache_write_tokens=0,
+        ))
 
 
 class PriceFile(BaseModel):
@@ -115,6 +131,18 @@ class PriceTable:
     def cost(self, provider: str, model: str, day: date, counters: Counters) -> float | None:
         entry = self.price(provider, model, day)
         return entry.cost(counters) if entry is not None else None
+
+    def models_of(self, provider: str, day: date) -> list[tuple[str, PriceEntry]]:
+        """Every named model of ``provider`` with a price in effect on ``day`` (by its own name, not an alias;
+        the provider's ``*`` entry is no model), sorted by name."""
+        found: dict[str, PriceEntry] = {}
+        for entry in self.file.prices:
+            if entry.provider.value != provider or entry.model == ANY_MODEL or entry.model in found:
+                continue
+            current = self.price(provider, entry.model, day)
+            if current is not None:
+                found[entry.model] = current
+        return sorted(found.items())
 
 
 def default_prices_path() -> str:

@@ -15,7 +15,15 @@ import orjson
 from schemas.models import TOKEN_BUCKETS
 from worker.aggregator.alerts import Alert, AlertKind, Severity
 from worker.aggregator.db import Sql
-from worker.aggregator.records import COUNTER_NAMES, DAY_S, Counters, UnreportedRow, UsageRow, from_epoch_us
+from worker.aggregator.records import (
+    COUNTER_NAMES,
+    DAY_S,
+    Counters,
+    DriverCall,
+    UnreportedRow,
+    UsageRow,
+    from_epoch_us,
+)
 from worker.aggregator.writes import ALERT_COLUMNS, placeholders
 
 HOUR_US = 3_600_000_000
@@ -114,6 +122,37 @@ def unreported_calls(
                       automation_id=str(row[3]) or None, calls=int(row[4]))
         for row in rows
     ]
+
+
+DRIVER_COLUMNS = (
+    "e.event_id", "e.job_id", "e.automation_id", "e.provider", "e.model", "e.occurred_at_us", "e.usage_reported",
+    *(f"e.{bucket}" for bucket in TOKEN_BUCKETS), "e.tags", "s.system_chars", "s.input_chars", "s.system_fingerprint",
+)
+
+
+def driver_calls(sql: Sql, workspace_id: str, since_us: int | None, until_us: int | None) -> list[DriverCall]:
+    """Every usage event of the workspace with ``since <= occurred_at < until``, with its shape when it has one."""
+    rows = sql.query(
+        f"SELECT {', '.join(DRIVER_COLUMNS)} FROM usage_events e "  # noqa: S608 - constant names
+        "LEFT JOIN usage_shapes s ON s.event_id = e.event_id "
+        "WHERE e.workspace_id = ? AND e.occurred_at_us >= ? AND e.occurred_at_us < ? "
+        "ORDER BY e.occurred_at_us, e.event_id",
+        (workspace_id, _LOWEST_US if since_us is None else since_us, _HIGHEST_US if until_us is None else until_us),
+    )
+    calls = []
+    for row in rows:
+        tags = row[12]
+        tags = orjson.loads(tags) if isinstance(tags, str | bytes) else tags
+        calls.append(DriverCall(
+            event_id=str(row[0]), job_id=str(row[1]), automation_id=row[2], provider=str(row[3]), model=str(row[4]),
+            occurred_at=from_epoch_us(int(row[5])),
+            counters=Counters(1, 0 if row[6] else 1, *(int(value) for value in row[7:12])),
+            tags=tags if isinstance(tags, dict) else {},
+            system_chars=None if row[13] is None else int(row[13]),
+            input_chars=None if row[14] is None else int(row[14]),
+            system_fingerprint=row[15],
+        ))
+    return calls
 
 
 def count_failures(sql: Sql, workspace_id: str, code: str, after_us: int, until_us: int) -> int:

@@ -87,6 +87,24 @@ class UnreportedRow:
 
 
 @dataclass(frozen=True, slots=True)
+class DriverCall:
+    """One usage event as the drivers report reads it: its counters, tags and input shape (None when the
+    event came from a worker before shapes)."""
+
+    event_id: str
+    job_id: str
+    automation_id: str | None
+    provider: str
+    model: str
+    occurred_at: datetime
+    counters: Counters
+    tags: dict[str, Any]
+    system_chars: int | None = None
+    input_chars: int | None = None
+    system_fingerprint: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class NewModel:
     """A (provider, model) a workspace used for the first time, found while ingesting."""
 

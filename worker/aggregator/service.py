@@ -119,6 +119,7 @@ async def run_aggregator(
         api = ApiServer(settings.api_listen, AggregatorApi(
             store, prices, metrics, ApiState(lambda: broker.connected, lambda: broker.alive and current.consuming()),
             unreported_grace_s=settings.unreported_grace_s,
+            run_tag=settings.run_tag,
         ))
         await api.start()
         stack.push_async_callback(api.stop)

@@ -16,7 +16,7 @@ from worker.aggregator import reads, writes
 from worker.aggregator.alerts import Alert
 from worker.aggregator.db import Backend, Database, Sql, StoreUrl, parse_store_url
 from worker.aggregator.migrations import applied_versions, check_current, migrate
-from worker.aggregator.records import IngestOutcome, NewModel, UnreportedRow, UsageRow, to_epoch_us
+from worker.aggregator.records import DriverCall, IngestOutcome, NewModel, UnreportedRow, UsageRow, to_epoch_us
 
 FirstUseRule = Callable[[Sequence[NewModel]], Sequence[Alert]]
 
@@ -130,6 +130,13 @@ class Store:
         before_us = to_epoch_us(started_before)
         return await self._reader.run(
             lambda sql: reads.unreported_calls(sql, workspace_id, _us(since), _us(until), before_us), write=False
+        )
+
+    async def driver_calls(
+        self, workspace_id: str, since: datetime | None, until: datetime | None
+    ) -> list[DriverCall]:
+        return await self._reader.run(
+            lambda sql: reads.driver_calls(sql, workspace_id, _us(since), _us(until)), write=False
         )
 
     async def count_failures(self, workspace_id: str, code: str, after: datetime, until: datetime) -> int:

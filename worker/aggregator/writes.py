@@ -133,6 +133,7 @@ def ingest_events(sql: Sql, events: Sequence[UsageEvent], received_us: int) -> I
     )}
     new_events = [event for event in ordered if event.event_id in new_ids]
     _add_to_rollups(sql, new_events)
+    _record_shapes(sql, new_events)
     new_models = _record_models(sql, new_events)
     return IngestOutcome(received=len(events), inserted=len(new_events), new_models=tuple(new_models))
 
@@ -144,6 +145,19 @@ def _add_to_rollups(sql: Sql, events: Sequence[UsageEvent]) -> None:
                event.automation_id or "")
         deltas[key] = deltas.get(key, Counters()) + Counters.of(event)
     sql.execute_many(_UPSERT_HOURLY, [key + deltas[key].as_tuple() for key in sorted(deltas)])
+
+
+SHAPE_COLUMNS = ("event_id", "system_chars", "input_chars", "messages", "tools", "images", "system_fingerprint")
+
+
+def _record_shapes(sql: Sql, events: Sequence[UsageEvent]) -> None:
+    """The shape of each new event that carries one (the drivers report reads it)."""
+    rows = [
+        (event.event_id, shape.system_chars, shape.input_chars, shape.messages, shape.tools, shape.images,
+         shape.system_fingerprint)
+        for event in events if (shape := event.shape) is not None
+    ]
+    insert_returning(sql, "usage_shapes", SHAPE_COLUMNS, rows, conflict="event_id", returning="event_id")
 
 
 def _known_workspaces(sql: Sql, workspace_ids: Sequence[str]) -> set[str]:

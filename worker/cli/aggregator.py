@@ -33,6 +33,7 @@ main settings (environment; README.md lists them all):
   BYOK_STORE_URL         sqlite:///relative, sqlite:////absolute or postgresql://… (sqlite:///./byok.db)
   BYOK_API_LISTEN        the HTTP API (127.0.0.1:8088)
   BYOK_PRICES_FILE       a price table replacing the shipped one
+  BYOK_RUN_TAG           the job tag naming an agent run in the drivers report (agent_run)
   BYOK_MONTHLY_BUDGET_USD, BYOK_BUDGETS, BYOK_BUDGETS_FILE  budgets for budget alerts
   BYOK_LOG_LEVEL, BYOK_LOG_FORMAT  info, json
 exit codes: 0 stopped, 1 store, price table or broker failure, 2 invalid settings

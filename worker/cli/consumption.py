@@ -15,9 +15,11 @@ import orjson
 from schemas.models import IDENTIFIER_PATTERN, TOKEN_BUCKETS
 from worker.aggregator.consumption import QueryError, consumption, parse_group_by, parse_instant
 from worker.aggregator.db import StoreError
+from worker.aggregator.drivers import drivers
 from worker.aggregator.pricing import load_prices
 from worker.aggregator.store import Store
 from worker.cli.common import configured_settings
+from worker.cli.drivers_table import render_drivers
 from worker.settings import ConsumptionSettings
 
 # Each counter and its column title: "cache_read_tokens" is "cache read".
@@ -35,7 +37,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "consumption", help="a workspace's token usage and estimated cost",
         description="Reads a workspace's consumption from the store the aggregator writes: requests, the five token "
                     "counts and the estimated cost, grouped as asked, with totals (or JSON).",
-        epilog="settings: BYOK_STORE_URL (the aggregator's store), BYOK_PRICES_FILE, BYOK_UNREPORTED_GRACE_S. "
+        epilog="settings: BYOK_STORE_URL (the aggregator's store), BYOK_PRICES_FILE, BYOK_UNREPORTED_GRACE_S, "
+               "BYOK_RUN_TAG (--drivers). "
                "exit codes: 0 printed, 1 store or price table failure, 2 invalid arguments",
     )
     query.add_argument("workspace", help="workspace id")
@@ -43,6 +46,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     query.add_argument("--until", help="exclusive end: ISO-8601 with offset or a date")
     query.add_argument(
         "--group-by", dest="group_by", help="comma-separated: model, automation, provider, day (default: model)"
+    )
+    query.add_argument(
+        "--drivers", action="store_true",
+        help="what drives the cost instead: per automation its share, the estimated system-prompt share of input, "
+             "repeated system prompts and cache savings; agent runs (tag BYOK_RUN_TAG); the cheapest model of the "
+             "same provider for the same tokens",
     )
     query.add_argument("--json", action="store_true", help="print the result as JSON")
     query.set_defaults(func=consumption_command)
@@ -62,14 +71,31 @@ async def query_consumption(
         await store.close()
 
 
+async def query_drivers(
+    settings: ConsumptionSettings, workspace: str, since: datetime | None, until: datetime | None
+) -> dict[str, Any]:
+    """The drivers report, as the aggregator's API gives it, read from ``BYOK_STORE_URL`` without migrating."""
+    prices = load_prices(settings.prices_file)
+    store = await Store.open(settings.store_url.get_secret_value(), migrate_schema=False)
+    try:
+        return await drivers(store, prices, workspace, since, until, run_tag=settings.run_tag)
+    finally:
+        await store.close()
+
+
 def consumption_command(args: argparse.Namespace) -> int:
     try:
         if not re.fullmatch(IDENTIFIER_PATTERN, args.workspace):
             raise QueryError(f"workspace must match {IDENTIFIER_PATTERN}")
         since, until = parse_instant(args.since, "--since"), parse_instant(args.until, "--until")
+        if args.drivers and args.group_by is not None:
+            raise QueryError("--group-by does not apply to --drivers (it groups by automation, run and model)")
         group_by = parse_group_by(args.group_by)
         settings = configured_settings(ConsumptionSettings)
-        result = asyncio.run(query_consumption(settings, args.workspace, since, until, group_by))
+        if args.drivers:
+            result = asyncio.run(query_drivers(settings, args.workspace, since, until))
+        else:
+            result = asyncio.run(query_consumption(settings, args.workspace, since, until, group_by))
     except QueryError as exc:
         print(f"byok consumption: {exc}", file=sys.stderr)
         return 2
@@ -79,6 +105,8 @@ def consumption_command(args: argparse.Namespace) -> int:
     if args.json:
         sys.stdout.buffer.write(orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
         sys.stdout.flush()
+    elif args.drivers:
+        print(render_drivers(result, settings.run_tag))
     else:
         print(render_table(result))
     return 0

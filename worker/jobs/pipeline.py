@@ -35,6 +35,7 @@ from schemas.models import (
 )
 from worker.failures import InvalidJob, JobFailure, RetryableFailure
 from worker.jobs.call_hooks import CallHook, ProviderCall
+from worker.jobs.call_shape import call_shape
 from worker.jobs.metrics import WorkerMetrics
 from worker.jobs.retry import DelayQueue, GiveUp, RetryPolicy, WaitInline, decide
 from worker.keys.endpoint import Endpoint, EndpointError, binding_b64, check_destination, check_public
@@ -325,6 +326,7 @@ class JobRunner:
             status=Status.SUCCEEDED if reply.unusable is None else Status.FAILED,
             usage_reported=reply.usage is not None,
             raw_usage=reply.raw_usage,
+            shape=call_shape(job.input),
             **(reply.usage or TokenCounts()).model_dump(),
         )
         if reply.unusable is not None:

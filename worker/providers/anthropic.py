@@ -20,6 +20,7 @@ from worker.keys.endpoint import Endpoint
 from worker.providers.anthropic_tools import anthropic_messages, anthropic_tools
 from worker.providers.base import ProviderReply, ProviderRequest
 from worker.providers.common import classify_status, count, error_body, mentions
+from worker.providers.prompt_cache import mark_anthropic_prefix
 from worker.providers.tool_mapping import (
     ANTHROPIC_FINISH,
     Answer,
@@ -91,6 +92,7 @@ class AnthropicAdapter:
         if spec.stop:
             body["stop_sequences"] = list(spec.stop)
         body.update(anthropic_tools(spec))
+        mark_anthropic_prefix(job, body)
         headers = {"x-api-key": api_key, "anthropic-version": API_VERSION, "content-type": "application/json"}
         return ProviderRequest(path="/v1/messages", headers=headers, body=body)
 

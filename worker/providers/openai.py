@@ -10,6 +10,7 @@ from worker.keys.endpoint import Endpoint
 from worker.providers.base import ProviderReply, ProviderRequest
 from worker.providers.chat_completions import chat_messages, parse_chat_completion, sampling_options, tool_options
 from worker.providers.common import classify_status, error_body
+from worker.providers.prompt_cache import openai_cache_key
 from worker.providers.tool_mapping import stable_call_id
 
 MAX_CALL_ID = 40
@@ -33,6 +34,7 @@ class OpenAIAdapter:
         body: dict[str, Any] = {"model": job.model.name, "messages": messages}
         body.update(sampling_options(job))
         body.update(tool_options(job))
+        body.update(openai_cache_key(job))
         if job.input.max_tokens is not None:
             # OpenAI itself deprecated max_tokens (reasoning models refuse it); compatible servers know max_tokens.
             field = "max_completion_tokens" if endpoint.host == "api.openai.com" else "max_tokens"

@@ -4,8 +4,8 @@ Starts what is not running (an OpenBao dev server; RabbitMQ if 127.0.0.1:5672 do
 provider simulator, a worker and the aggregator; creates a workspace key, seals a key, submits a few
 jobs, prints each result; runs an agent loop (a job offers a tool, the result's tool call is run locally
 and sent back with the tool's result until the model answers) and an extraction job with a JSON Schema
-(``output.parsed``), all tagged ``agent_run``; prints the agent run's calls and the consumption summary,
-then stops everything it started.
+(``output.parsed``), all tagged ``agent_run``; prints the agent run's calls, the consumption summary and the
+drivers report, then stops everything it started.
 With ``OPENAI_API_KEY`` set, that key is sealed and the real OpenAI is called instead of the simulator.
 """
 
@@ -232,6 +232,8 @@ def drive(stack: Stack, real_key: str | None, sim_port: int) -> int:
     say(f"consumption of {WORKSPACE} (byok consumption {WORKSPACE} --group-by automation,model)")
     wait_for_consumption(stack, len(JOBS) + agent_calls)
     print(stack.byok("consumption", WORKSPACE, "--group-by", "automation,model"))
+    say(f"what drives the cost (byok consumption {WORKSPACE} --drivers): automations, the agent run, models")
+    print(stack.byok("consumption", WORKSPACE, "--drivers"))
     return 0
 
 
@@ -293,9 +295,9 @@ def agent_demo(stack: Stack, model: dict[str, Any]) -> int:
     print(call_row("extract", result))
     print(f"           output.parsed: {orjson.dumps(result['output']['parsed']).decode()}")
 
-    # `byok consumption` groups by model, automation, provider or day, not by tag: the run's calls are
-    # shown from the results the demo received (their usage is what the usage events carry).
-    say(f"the calls of agent_run={run} (from their results; byok consumption does not group by tag)")
+    # The run's calls, from the results the demo received (their usage is what the usage events carry);
+    # `byok consumption --drivers` sums them per run at the end.
+    say(f"the calls of agent_run={run} (from their results)")
     totals = {"input_tokens": 0, "output_tokens": 0}
     for label, result in results:
         print(call_row(label, result))

@@ -30,6 +30,13 @@ Behaviour per request, from the header ``x-sim-behavior`` (wins) or a model name
 ``reasoning`` (OpenAI only) ``REASONING_TOKENS`` reasoning tokens are added inside ``completion_tokens``;
 ``cached-reasoning`` does both in one answer (Ollama ignores all three).
 
+Prompt caching is modelled as the providers do it (``prompt_cache.py``): a cache per key, model and prefix
+with a TTL (``cache_ttl_s``, 5 minutes, renewed by each use); Anthropic caches the tools and system blocks up
+to a ``cache_control`` marker once they reach 1024 tokens (2048 for Haiku models), billing a first call as
+cache writes and later ones as cache reads; OpenAI caches tools and leading system messages of 1024 tokens
+or more by itself (per ``prompt_cache_key``), billing later calls' cached part as ``cached_tokens``; Mistral
+and Ollama cache nothing. The ledger's billed usage carries these reads and writes.
+
 Every request on a protocol route lands in the ``Ledger`` (``GET /_sim/ledger``, ``POST /_sim/reset``) as a
 call, with a fingerprint of the key it carried, never the key; a served call also records its text, its tool
 calls and how its input was counted (``input_shape``: tools, tool tokens, images, image tokens). Answers that

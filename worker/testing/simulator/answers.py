@@ -93,7 +93,11 @@ def _text_answer(prompt: Prompt) -> str:
     return REPLY_PREFIX + prompt.last_user[:REPLY_CHARS]
 
 
-def answer(protocol: Provider, prompt: Prompt, behavior: Behavior, answer_id: str = "sim") -> Answer:
+def answer(
+    protocol: Provider, prompt: Prompt, behavior: Behavior, answer_id: str = "sim", cache: tuple[int, int] = (0, 0)
+) -> Answer:
+    """``cache``: the prompt cache's (read, write) tokens for this call (``prompt_cache.py``); the ``cached``
+    behaviours replace it with their fixed split."""
     called, forced = tools_to_call(prompt)
     calls = tuple(
         ServedToolCall(id=tool_call_id(protocol, answer_id, index), name=tool.name,
@@ -114,7 +118,8 @@ def answer(protocol: Provider, prompt: Prompt, behavior: Behavior, answer_id: st
         images=len(prompt.images), image_tokens=sum(image_tokens(size) for size in prompt.images),
     )
     total_in = max(1, sum(words(t) for t in prompt.texts) + shape.tool_tokens + shape.image_tokens)
-    cache_read = cache_write = reasoning = 0
+    cache_read, cache_write = (min(cache[0], total_in), min(cache[1], total_in - min(cache[0], total_in)))
+    reasoning = 0
     if behavior.kind in CACHED and protocol is not Provider.OLLAMA:
         cache_read = total_in // 2
         cache_write = total_in // 4 if protocol is Provider.ANTHROPIC else 0

@@ -23,6 +23,7 @@ from worker.testing.simulator.ledger import (
     SeenRequest,
     key_fingerprint,
 )
+from worker.testing.simulator.prompt_cache import DEFAULT_TTL_S, PromptCache, request_prefix
 from worker.testing.simulator.requests import BadRequest, read_prompt
 
 LEDGER_PATH = "/_sim/ledger"
@@ -77,8 +78,10 @@ same when the answer carried usage, as real providers bill a generation whose cl
 
 
 class ProviderSimulator:
-    def __init__(self, *, latency_s: float = 0.0) -> None:
+    def __init__(self, *, latency_s: float = 0.0, cache_ttl_s: float = DEFAULT_TTL_S) -> None:
         self.latency_s = latency_s
+        self.prompt_cache = PromptCache(ttl_s=cache_ttl_s)
+        """Provider prompt caching (``prompt_cache.py``): a cache per key, model and prefix, with a TTL."""
         self._ledger = Ledger()
         self._flaky_seen: dict[str, int] = {}
         self._counter = 0
@@ -141,6 +144,7 @@ class ProviderSimulator:
     def reset(self) -> None:
         self._ledger.reset()
         self._flaky_seen.clear()
+        self.prompt_cache.clear()
 
     # -- handlers
 
@@ -168,6 +172,7 @@ class ProviderSimulator:
             behavior = select_behavior(request.headers.get(BEHAVIOR_HEADER), prompt.model)
             answer_id = self._next_id()
             ans = answer(protocol, prompt, behavior, answer_id)
+            prefix = request_prefix(protocol, parsed, prompt)
         except (orjson.JSONDecodeError, BadRequest) as exc:
             detail = str(exc) if isinstance(exc, BadRequest) else "the request body is not valid JSON"
             return await self._fail(protocol, "bad_request", "", OK, key, started, detail)
@@ -182,6 +187,10 @@ class ProviderSimulator:
 
         extra_s = behavior.arg / 1000.0 if behavior.kind == "slow" else 0.0
         await self._delay(extra_s)
+        # After the wait, as a provider serves it: a call that arrived later may have written the entry.
+        use = self.prompt_cache.use(protocol, key_fingerprint(key), prompt.model, prefix, time.monotonic())
+        if use.read or use.write:
+            ans = answer(protocol, prompt, behavior, answer_id, (use.read, use.write))
         with_usage = behavior.kind != "nousage"
         body = RENDERERS[protocol](answer_id, prompt.model, ans, with_usage)
         if request.transport is None or request.transport.is_closing():
