@@ -14,6 +14,7 @@ naming the variables (never their values).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Iterable, Mapping
 from enum import StrEnum
@@ -40,6 +41,17 @@ def split_listen(listen: str) -> tuple[str, int]:
     """``host:port`` of a ``*_LISTEN`` setting (``[::1]:80`` too); an empty host is loopback."""
     host, _, port = listen.rpartition(":")
     return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def is_loopback(listen: str) -> bool:
+    """Whether a ``*_LISTEN`` address is reachable from this host only (127.0.0.0/8, ``::1``, ``localhost``)."""
+    host, _ = split_listen(listen)
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
 
 
 def _listen(value: str) -> str:

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from schemas.models import IDENTIFIER_PATTERN
 from worker.aggregator.alerts import AlertKind
+from worker.aggregator.auth import auth_middleware, not_found
 from worker.aggregator.consumption import (
     DEFAULT_UNREPORTED_GRACE_S,
     QueryError,
@@ -23,8 +24,10 @@ from worker.aggregator.consumption import (
 from worker.aggregator.db import StoreError
 from worker.aggregator.metrics import AggregatorMetrics
 from worker.aggregator.openapi import openapi_document
+from worker.aggregator.page import add_page_routes, security_headers
 from worker.aggregator.pricing import PriceTable
 from worker.aggregator.store import Store
+from worker.aggregator.tokens import TokenRegistry
 from worker.settings import split_listen
 
 log = structlog.get_logger("byok.aggregator")
@@ -73,6 +76,8 @@ def _kind(text: str | None) -> str | None:
 async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
+    except web.HTTPNotFound:
+        return not_found()  # the same answer as a workspace the token may not read
     except QueryError as exc:
         return _json({"error": "bad_request", "message": str(exc)}, 400)
     except StoreError as exc:
@@ -81,18 +86,23 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 class AggregatorApi:
+    """The routes. With ``tokens`` every ``/v1/...`` request needs a bearer token of that registry (``auth``)."""
+
     def __init__(
         self, store: Store, prices: PriceTable, metrics: AggregatorMetrics, state: ApiState,
-        *, unreported_grace_s: float = DEFAULT_UNREPORTED_GRACE_S,
+        tokens: TokenRegistry | None = None, *, unreported_grace_s: float = DEFAULT_UNREPORTED_GRACE_S,
     ) -> None:
         self._unreported_grace_s = unreported_grace_s
         self._store = store
         self._prices = prices
         self._metrics = metrics
         self._state = state
+        self._tokens = tokens
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[_errors])
+        app = web.Application(middlewares=[security_headers, _errors, auth_middleware(self._tokens)])
+        add_page_routes(app)
+        app.router.add_get("/v1/token", self.token)
         app.router.add_get("/v1/workspaces/{workspace_id}/consumption", self.consumption)
         app.router.add_get("/v1/workspaces/{workspace_id}/anomalies", self.anomalies)
         app.router.add_get("/healthz", self.health)
@@ -111,6 +121,11 @@ class AggregatorApi:
             unreported_grace_s=self._unreported_grace_s,
         )
         return _json(result)
+
+    async def token(self, request: web.Request) -> web.Response:
+        """What the request's token may read: the page's first question."""
+        return _json({"scope": request["scope"], "tokens_required": self._tokens is not None,
+                      "prices_as_of": self._prices.version})
 
     async def anomalies(self, request: web.Request) -> web.Response:
         query = request.rel_url.query

@@ -1,0 +1,81 @@
+"""``byok tokens create|list|revoke``: the aggregator API's bearer tokens (only their hashes are stored)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from worker.aggregator.tokens import HASH_PREFIX_LEN, TokenFileError, add_token, read_entries, revoke_token
+
+USAGE_ERROR = 2
+TOKENS_FILE_VARIABLE = "BYOK_API_TOKENS_FILE"
+
+
+def _tokens_file(args: argparse.Namespace) -> Path:
+    path = args.file or os.environ.get(TOKENS_FILE_VARIABLE)
+    if not path:
+        raise TokenFileError(f"no tokens file: give --file or set {TOKENS_FILE_VARIABLE}")
+    return Path(path)
+
+
+def create_command(args: argparse.Namespace) -> int:
+    token, entry = add_token(_tokens_file(args), args.scope)
+    print(token)
+    print(f"byok tokens: token for {entry.scope} added (hash {entry.sha256[:HASH_PREFIX_LEN]}); "
+          "it is shown only now", file=sys.stderr)
+    return 0
+
+
+def list_command(args: argparse.Namespace) -> int:
+    entries = read_entries(_tokens_file(args))
+    print(f"{'hash prefix':<{HASH_PREFIX_LEN}}  {'scope':<20}  created")
+    for entry in entries:
+        print(f"{entry.sha256[:HASH_PREFIX_LEN]:<{HASH_PREFIX_LEN}}  {entry.scope:<20}  {entry.created_at}")
+    return 0
+
+
+def revoke_command(args: argparse.Namespace) -> int:
+    entry = revoke_token(_tokens_file(args), args.hash_prefix)
+    print(f"revoked the token for {entry.scope} (hash {entry.sha256[:HASH_PREFIX_LEN]})")
+    return 0
+
+
+def _guarded(command: argparse.Namespace) -> int:
+    try:
+        code: int = command.run(command)
+    except TokenFileError as exc:
+        print(f"byok tokens {command.verb}: {exc}", file=sys.stderr)
+        return USAGE_ERROR
+    except OSError as exc:  # the file could not be written
+        print(f"byok tokens {command.verb}: the tokens file cannot be written ({type(exc).__name__})", file=sys.stderr)
+        return 1
+    return code
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    tokens = subparsers.add_parser(
+        "tokens", help="bearer tokens of the aggregator API and page",
+        description="Tokens for the aggregator's API and page, each scoped to one workspace or to * (all). The\n"
+                    f"tokens file ({TOKENS_FILE_VARIABLE}, or --file) holds only their SHA-256 hashes and scopes;\n"
+                    "a running aggregator rereads it when it changes.",
+        epilog="exit codes: 0 done, 1 the tokens file cannot be written, 2 a usage error or an unusable tokens file",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    verbs = tokens.add_subparsers(dest="verb", required=True, metavar="VERB")
+    file_help = f"the tokens file (default: ${TOKENS_FILE_VARIABLE})"
+
+    create = verbs.add_parser("create", help="a new token, printed once (the only time it is shown)")
+    create.add_argument("scope", help="the workspace id it may read, or * for every workspace")
+    create.add_argument("--file", help=file_help)
+    create.set_defaults(func=_guarded, run=create_command)
+
+    listing = verbs.add_parser("list", help="scopes and hash prefixes (never a token)")
+    listing.add_argument("--file", help=file_help)
+    listing.set_defaults(func=_guarded, run=list_command)
+
+    revoke = verbs.add_parser("revoke", help="removes the token whose hash starts with the prefix")
+    revoke.add_argument("hash_prefix", help="a prefix of the hash, as byok tokens list shows it")
+    revoke.add_argument("--file", help=file_help)
+    revoke.set_defaults(func=_guarded, run=revoke_command)
