@@ -13,7 +13,7 @@ from aiohttp import web
 
 from schemas.models import IDENTIFIER_PATTERN
 from worker.aggregator.alerts import AlertKind
-from worker.aggregator.auth import auth_middleware, not_found
+from worker.aggregator.auth import auth_middleware, not_found, request_scope
 from worker.aggregator.consumption import (
     DEFAULT_UNREPORTED_GRACE_S,
     QueryError,
@@ -101,7 +101,7 @@ class AggregatorApi:
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[security_headers, _errors, auth_middleware(self._tokens)])
-        add_page_routes(app)
+        add_page_routes(app, tokens_required=self._tokens is not None)
         app.router.add_get("/v1/token", self.token)
         app.router.add_get("/v1/workspaces/{workspace_id}/consumption", self.consumption)
         app.router.add_get("/v1/workspaces/{workspace_id}/anomalies", self.anomalies)
@@ -123,9 +123,14 @@ class AggregatorApi:
         return _json(result)
 
     async def token(self, request: web.Request) -> web.Response:
-        """What the request's token may read: the page's first question."""
-        return _json({"scope": request["scope"], "tokens_required": self._tokens is not None,
-                      "prices_as_of": self._prices.version})
+        """What the request's token may read, and which ``/v1`` endpoints this aggregator has (the page
+        shows a section only when its endpoint exists): the page's first question."""
+        endpoints = sorted({
+            resource.canonical for resource in request.app.router.resources()
+            if resource.canonical.startswith("/v1/")
+        })
+        return _json({"scope": request_scope(request, self._tokens), "tokens_required": self._tokens is not None,
+                      "prices_as_of": self._prices.version, "endpoints": endpoints})
 
     async def anomalies(self, request: web.Request) -> web.Response:
         query = request.rel_url.query

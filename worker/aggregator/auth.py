@@ -18,7 +18,7 @@ import orjson
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from worker.aggregator.tokens import TokenRegistry, may_read
+from worker.aggregator.tokens import ALL_WORKSPACES, TokenRegistry, may_read
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -46,13 +46,20 @@ def bearer_token(request: web.Request) -> str | None:
     return token if scheme.lower() == "bearer" and token else None
 
 
+def request_scope(request: web.Request, tokens: TokenRegistry | None) -> str | None:
+    """The scope of the request's token: ``*`` without tokens configured, None for no or an unknown token."""
+    if tokens is None:
+        return ALL_WORKSPACES
+    token = bearer_token(request)
+    return None if token is None else tokens.scope_of(token)
+
+
 def auth_middleware(tokens: TokenRegistry | None) -> Middleware:
     @web.middleware
     async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
         if not request.path.startswith(PROTECTED_PREFIX):
             return await handler(request)
         if tokens is None:
-            request["scope"] = "*"
             return await handler(request)
         token = bearer_token(request)
         if token is None:
@@ -63,7 +70,6 @@ def auth_middleware(tokens: TokenRegistry | None) -> Middleware:
         workspace = request.match_info.get("workspace_id")
         if workspace is not None and not may_read(scope, workspace):
             return not_found()
-        request["scope"] = scope
         return await handler(request)
 
     return authenticate

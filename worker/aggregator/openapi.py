@@ -117,8 +117,10 @@ def _schemas() -> dict[str, Any]:
                 "scope": {"type": "string", "description": "the workspace the token may read, or * for all"},
                 "tokens_required": {"type": "boolean", "description": "false: no tokens configured (loopback)"},
                 "prices_as_of": {"type": "string", "description": "the price table's date (its version)"},
+                "endpoints": {"type": "array", "items": {"type": "string"},
+                              "description": "the /v1 paths this aggregator serves"},
             },
-            "required": ["scope", "tokens_required", "prices_as_of"],
+            "required": ["scope", "tokens_required", "prices_as_of", "endpoints"],
         },
         "Error": {
             "type": "object",

@@ -37,10 +37,13 @@ def _read(name: str) -> bytes:
     return files("worker.aggregator").joinpath("web", name).read_bytes()
 
 
-def add_page_routes(app: web.Application) -> None:
-    """``GET /`` and its two assets, read once from the package."""
+def add_page_routes(app: web.Application, *, tokens_required: bool) -> None:
+    """``GET /`` and its two assets, read once from the package. The page learns from a meta tag whether
+    to ask for a token before its first request (so that it makes none bound to fail)."""
     for path, (name, content_type) in _ASSETS.items():
         body = _read(name)
+        if name == "index.html":
+            body = body.replace(b"{{TOKENS_REQUIRED}}", b"true" if tokens_required else b"false")
 
         async def serve(_request: web.Request, body: bytes = body, content_type: str = content_type) -> web.Response:
             return web.Response(body=body, content_type=content_type, charset="utf-8")
