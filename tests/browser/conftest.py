@@ -8,7 +8,7 @@ and no browser is ever downloaded.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -115,7 +115,7 @@ SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 
 
 @pytest.fixture
-def screenshot_path(tmp_path: Path) -> Iterator[Any]:
+def screenshot_path(tmp_path: Path) -> Callable[[str], Path]:
     """Where a test writes a screenshot: ``docs/screenshots/<name>`` when that file is missing or
     ``BYOK_UPDATE_SCREENSHOTS=1``, else a temporary file (the committed copy stays as it is, and a test run
     leaves the tree clean: the page shows today's dates, so each day's image differs)."""
@@ -127,4 +127,4 @@ def screenshot_path(tmp_path: Path) -> Iterator[Any]:
             return committed
         return tmp_path / name
 
-    yield where
+    return where

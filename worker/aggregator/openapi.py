@@ -141,6 +141,13 @@ _NOT_FOUND = _error_response(
 _PUBLIC: list[dict[str, list[str]]] = []  # an operation that needs no token
 
 
+def _asset(operation_id: str, summary: str, media_type: str) -> dict[str, Any]:
+    return {"get": {
+        "operationId": operation_id, "summary": summary, "security": _PUBLIC,
+        "responses": {"200": {"description": summary, "content": {media_type: {"schema": {"type": "string"}}}}},
+    }}
+
+
 def _secured(paths: dict[str, Any]) -> dict[str, Any]:
     """Every ``/v1/...`` operation answers 401 without a valid token, and 404 for another workspace."""
     for path, operations in paths.items():
@@ -173,6 +180,8 @@ def openapi_document() -> dict[str, Any]:
                                           "content": {"text/html": {"schema": {"type": "string"}}}}},
                 }
             },
+            "/app.js": _asset("pageScript", "The page's script", "text/javascript"),
+            "/app.css": _asset("pageStyle", "The page's style sheet", "text/css"),
             "/v1/token": {
                 "get": {
                     "operationId": "getTokenScope",
