@@ -11,6 +11,7 @@ from worker.aggregator.tokens import HASH_PREFIX_LEN, TokenFileError, add_token,
 
 USAGE_ERROR = 2
 TOKENS_FILE_VARIABLE = "BYOK_API_TOKENS_FILE"
+EXIT_CODES = "exit codes: 0 done, 1 the tokens file cannot be written, 2 a usage error or an unusable tokens file"
 
 
 def _tokens_file(args: argparse.Namespace) -> Path:
@@ -60,22 +61,36 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Tokens for the aggregator's API and page, each scoped to one workspace or to * (all). The\n"
                     f"tokens file ({TOKENS_FILE_VARIABLE}, or --file) holds only their SHA-256 hashes and scopes;\n"
                     "a running aggregator rereads it when it changes.",
-        epilog="exit codes: 0 done, 1 the tokens file cannot be written, 2 a usage error or an unusable tokens file",
+        epilog=EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     verbs = tokens.add_subparsers(dest="verb", required=True, metavar="VERB")
     file_help = f"the tokens file (default: ${TOKENS_FILE_VARIABLE})"
+    epilog = f"settings: {TOKENS_FILE_VARIABLE} (unless --file). " + EXIT_CODES
 
-    create = verbs.add_parser("create", help="a new token, printed once (the only time it is shown)")
+    create = verbs.add_parser(
+        "create", help="a new token, printed once (the only time it is shown)", epilog=epilog,
+        description="Makes a new API token scoped to one workspace (or * for all), adds its SHA-256 hash and\n"
+                    "scope to the tokens file, and prints the token on stdout: the only time it is shown.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     create.add_argument("scope", help="the workspace id it may read, or * for every workspace")
     create.add_argument("--file", help=file_help)
     create.set_defaults(func=_guarded, run=create_command)
 
-    listing = verbs.add_parser("list", help="scopes and hash prefixes (never a token)")
+    listing = verbs.add_parser(
+        "list", help="scopes and hash prefixes (never a token)", epilog=epilog,
+        description="Lists the tokens of the file: the first digits of each hash, its scope and when it was made.",
+    )
     listing.add_argument("--file", help=file_help)
     listing.set_defaults(func=_guarded, run=list_command)
 
-    revoke = verbs.add_parser("revoke", help="removes the token whose hash starts with the prefix")
+    revoke = verbs.add_parser(
+        "revoke", help="removes the token whose hash starts with the prefix", epilog=epilog,
+        description="Removes the one token whose hash starts with the prefix (byok tokens list shows them); a\n"
+                    "running aggregator refuses it from its next request on.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     revoke.add_argument("hash_prefix", help="a prefix of the hash, as byok tokens list shows it")
     revoke.add_argument("--file", help=file_help)
     revoke.set_defaults(func=_guarded, run=revoke_command)
