@@ -181,3 +181,46 @@ async def test_another_workspace_shows_nothing(page_stack: PageStack, open_page:
     await expect(other.locator("#login")).to_be_visible()
     await expect(other.locator("#login-error")).to_contain_text("no longer accepted")
     assert GLOBEX_SECRET not in await other.content()
+
+
+async def test_sections_follow_the_endpoints_the_aggregator_has(page_stack: PageStack, open_page: Any) -> None:
+    """Drivers and budgets are shown when this aggregator serves them (equal to their answers), hidden
+    otherwise, and the page never asks for an endpoint that is not there (no 404 on its console)."""
+    token = page_stack.tokens["acme"]
+    status, scope = await page_stack.api("/v1/token", token)
+    assert status == 200 and scope["scope"] == "acme"
+    page, console = await open_page(DESKTOP)
+    await sign_in(page, page_stack, token, "#ws=acme&period=7d")
+    await expect(page.locator("#status")).to_contain_text("updated")
+    period = await shown_range(page)
+
+    drivers = "/v1/workspaces/{workspace_id}/drivers" in scope["endpoints"]
+    header = page.locator("#automations thead")
+    if drivers:
+        status, body = await page_stack.api("/v1/workspaces/acme/drivers", token,
+                                            since=period["since"], until=period["until"])
+        assert status == 200
+        await expect(header).to_contain_text("System prompt share")
+        rows = page.locator("#automations tbody tr")
+        assert await rows.count() == len(body["automations"])
+        await expect(page.locator("#models")).to_be_visible()
+    else:
+        await expect(header).not_to_contain_text("System prompt share")
+        await expect(page.locator("#models")).to_be_hidden()
+
+    budgets = "/v1/workspaces/{workspace_id}/budgets" in scope["endpoints"]
+    if budgets:
+        await expect(page.locator("#budgets-section")).to_be_visible()
+    else:
+        await expect(page.locator("#budgets-section")).to_be_hidden()
+
+    status, consumption = await page_stack.api("/v1/workspaces/acme/consumption", token,
+                                               since=period["since"], until=period["until"])
+    unreported = page.locator('#headline [data-figure="unreported_calls"]')
+    if "unreported_calls" in consumption["totals"]:
+        await expect(unreported).to_have_attribute("data-value", str(consumption["totals"]["unreported_calls"]))
+    else:
+        await expect(unreported).to_have_count(0)
+    print(f"\nsections: drivers {'shown' if drivers else 'hidden (no endpoint)'}, "
+          f"budgets {'shown' if budgets else 'hidden (no endpoint)'}")
+    assert console.errors == []
