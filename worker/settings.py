@@ -6,6 +6,7 @@
   reconnecting, stopping).
 - ``VaultSettings``: Vault's address and identity (the worker; ``byok keys`` loads only these).
 - ``StoreSettings`` / ``ConsumptionSettings``: where consumption is stored, and the price table to cost it.
+- ``ApiTokensSettings``: the aggregator API's tokens file (``byok tokens``, the aggregator).
 - ``WorkerSettings`` here, ``AggregatorSettings`` in ``worker.aggregator.settings``.
 
 Every command loads only the class it uses through ``load_settings``, which turns a refusal into one line
@@ -128,6 +129,14 @@ class VaultSettings(_FromEnvironment):
 
 class StoreSettings(_FromEnvironment):
     store_url: SecretStr = SecretStr("sqlite:///./byok.db")  # a PostgreSQL URL may carry a password
+
+
+class ApiTokensSettings(_FromEnvironment):
+    """Where the aggregator API's token hashes are (``byok tokens`` loads only this; the aggregator too)."""
+
+    api_tokens_file: str | None = Field(
+        default=None, description="JSON file of API token hashes and scopes (byok tokens create); unset: no tokens"
+    )
 
 
 class ConsumptionSettings(StoreSettings):

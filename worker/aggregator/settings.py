@@ -11,16 +11,13 @@ from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_
 from pydantic_settings import NoDecode
 
 from schemas.models import ErrorCode
-from worker.settings import ConsumptionSettings, Listen, ProcessSettings, is_loopback
+from worker.settings import ApiTokensSettings, ConsumptionSettings, Listen, ProcessSettings, is_loopback
 
 
-class AggregatorSettings(ProcessSettings, ConsumptionSettings):
+class AggregatorSettings(ProcessSettings, ConsumptionSettings, ApiTokensSettings):
     """Every field is read from ``BYOK_<FIELD NAME>``."""
 
     api_listen: Listen = "127.0.0.1:8088"
-    api_tokens_file: str | None = Field(
-        default=None, description="JSON file of API token hashes and scopes (byok tokens create); unset: no tokens"
-    )
     api_allow_unauthenticated: bool = Field(
         default=False, description="serve the API without tokens on a non-loopback BYOK_API_LISTEN"
     )

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 from worker.aggregator.tokens import HASH_PREFIX_LEN, TokenFileError, add_token, read_entries, revoke_token
+from worker.cli.common import configured_settings
+from worker.settings import ApiTokensSettings
 
 USAGE_ERROR = 2
 TOKENS_FILE_VARIABLE = "BYOK_API_TOKENS_FILE"
@@ -15,7 +16,7 @@ EXIT_CODES = "exit codes: 0 done, 1 the tokens file cannot be written, 2 a usage
 
 
 def _tokens_file(args: argparse.Namespace) -> Path:
-    path = args.file or os.environ.get(TOKENS_FILE_VARIABLE)
+    path = args.file or configured_settings(ApiTokensSettings).api_tokens_file
     if not path:
         raise TokenFileError(f"no tokens file: give --file or set {TOKENS_FILE_VARIABLE}")
     return Path(path)
