@@ -13,7 +13,9 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests.aggregator.helpers import aggregator_settings
 from tests.aggregator.test_consumption import dataset
+from tests.broker import running_aggregator
 from worker.aggregator.api import AggregatorApi, ApiServer, ApiState
 from worker.aggregator.metrics import AggregatorMetrics
 from worker.aggregator.openapi import openapi_document
@@ -21,6 +23,7 @@ from worker.aggregator.page import CONTENT_SECURITY_POLICY
 from worker.aggregator.pricing import PriceTable
 from worker.aggregator.store import Store
 from worker.aggregator.tokens import TokenRegistry, add_token, revoke_token, token_hash
+from worker.settings import Settings
 
 METHODS_WITHOUT_BODY = ("GET", "DELETE", "HEAD")
 
@@ -180,3 +183,21 @@ def test_openapi_declares_the_bearer_scheme() -> None:
             else:
                 assert operation["security"] == [], path
 
+
+
+async def test_the_running_aggregator_takes_tokens_from_its_file(settings: Settings, tmp_path: Path) -> None:
+    """The aggregator process (broker, store, API) with BYOK_API_TOKENS_FILE: a token made while it runs is
+    accepted at once, the page is served, other workspaces are 404."""
+    tokens_file = tmp_path / "api-tokens.json"
+    agg = aggregator_settings(settings, store_url=f"sqlite:///{tmp_path / 'agg.db'}", api_tokens_file=str(tokens_file))
+    async with running_aggregator(agg) as running:
+        url = f"{running.api_url}/v1/workspaces/acme/consumption"
+        assert (await call(url))[0] == 401  # the file does not exist yet: nobody
+        token, _ = add_token(tokens_file, "acme")
+        status, body, headers = await call(url, "GET", token)
+        assert status == 200 and body["workspace_id"] == "acme"
+        assert headers["Cache-Control"] == "no-store"
+        assert (await call(f"{running.api_url}/v1/workspaces/globex/consumption", "GET", token))[0] == 404
+        status, page, _ = await call(f"{running.api_url}/")
+        assert status == 200 and 'name="byok-tokens-required" content="true"' in page
+        assert (await call(f"{running.api_url}/healthz"))[0] == 200
