@@ -553,21 +553,27 @@
       return;
     }
     $("budgets").replaceChildren(...budgets.map((b) => {
+      const scope = b.automation_id ? `Automation ${b.automation_id}` : "Whole workspace";
+      const heading = el("p", {}, el("strong", {}, scope), ` · per ${b.period || "month"} · ${b.action || "block"}`);
+      const resets = b.resets_at ? `; resets ${b.resets_at.slice(0, 16).replace("T", " ")} UTC` : "";
       const spent = b.spent_usd || 0;
       const reserved = b.reserved_usd || 0;
+      if (b.limit_usd === null || b.limit_usd === undefined) {
+        // A budget may cap concurrent calls only, without a spending limit.
+        const cap = b.max_in_flight ? `; at most ${count(b.max_in_flight)} calls in flight` : "";
+        return el("li", {}, heading,
+          el("p", { class: "note" }, `${usd(spent)} spent + ${usd(reserved)} reserved, no spending limit${cap}${resets}`));
+      }
       const scale = Math.max(b.limit_usd, spent + reserved) || 1;
       const used = (spent + reserved) / (b.limit_usd || 1);
       const summary = `${usd(spent)} spent + ${usd(reserved)} reserved of ${usd(b.limit_usd)} ` +
-        `(${(used * 100).toFixed(0)}%)${b.resets_at ? `; resets ${b.resets_at.slice(0, 16).replace("T", " ")} UTC` : ""}`;
+        `(${(used * 100).toFixed(0)}%)${resets}`;
       const bar = svg("svg", { viewBox: "0 0 100 6", preserveAspectRatio: "none", role: "img", "aria-label": summary },
         svg("rect", { x: 0, y: 0, width: 100, height: 6, fill: "#e1e4e9" }),
         svg("rect", { x: 0, y: 0, width: (spent / scale) * 100, height: 6, fill: used >= 1 ? "#a3280f" : "#0b5cad" }),
         svg("rect", { x: (spent / scale) * 100, y: 0, width: (reserved / scale) * 100, height: 6, fill: "#6fa8dc" }),
-        svg("rect", { x: (b.limit_usd / scale) * 100 - 0.4, y: 0, width: 0.4, height: 6, fill: "#1b1f24" }));
-      const scope = b.automation_id ? `Automation ${b.automation_id}` : "Whole workspace";
-      return el("li", {},
-        el("p", {}, el("strong", {}, scope), ` · per ${b.period || "month"} · ${b.action || "block"}`),
-        bar, el("p", { class: "note" }, summary));
+        svg("rect", { x: Math.max(0, (b.limit_usd / scale) * 100 - 0.4), y: 0, width: 0.4, height: 6, fill: "#1b1f24" }));
+      return el("li", { "data-budget": b.automation_id || "" }, heading, bar, el("p", { class: "note" }, summary));
     }));
   }
 
@@ -598,8 +604,15 @@
       load();
     });
     $("period").addEventListener("change", () => {
-      $("custom-range").hidden = $("period").value !== "custom";
-      if ($("period").value !== "custom") load();
+      const custom = $("period").value === "custom";
+      $("custom-range").hidden = !custom;
+      if (custom && !$("from").value && !$("to").value) {
+        // Start from the last 7 days; the user changes either end and presses Show.
+        const today = utcDay(new Date());
+        $("to").value = today.toISOString().slice(0, 10);
+        $("from").value = new Date(today.getTime() - 6 * DAY_MS).toISOString().slice(0, 10);
+      }
+      if (!custom) load();
     });
     $("forget").addEventListener("click", () => {
       sessionStorage.removeItem(TOKEN_KEY);
