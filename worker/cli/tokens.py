@@ -69,6 +69,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     file_help = f"the tokens file (default: ${TOKENS_FILE_VARIABLE})"
     epilog = f"settings: {TOKENS_FILE_VARIABLE} (unless --file). " + EXIT_CODES
 
+    listing = verbs.add_parser(
+        "list", help="scopes and hash prefixes (never a token)", epilog=epilog,
+        description="Lists the tokens of the file: the first digits of each hash, its scope and when it was made.",
+    )
+    listing.add_argument("--file", help=file_help)
+    listing.set_defaults(func=_guarded, run=list_command)
+
     create = verbs.add_parser(
         "create", help="a new token, printed once (the only time it is shown)", epilog=epilog,
         description="Makes a new API token scoped to one workspace (or * for all), adds its SHA-256 hash and\n"
@@ -78,13 +85,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     create.add_argument("scope", help="the workspace id it may read, or * for every workspace")
     create.add_argument("--file", help=file_help)
     create.set_defaults(func=_guarded, run=create_command)
-
-    listing = verbs.add_parser(
-        "list", help="scopes and hash prefixes (never a token)", epilog=epilog,
-        description="Lists the tokens of the file: the first digits of each hash, its scope and when it was made.",
-    )
-    listing.add_argument("--file", help=file_help)
-    listing.set_defaults(func=_guarded, run=list_command)
 
     revoke = verbs.add_parser(
         "revoke", help="removes the token whose hash starts with the prefix", epilog=epilog,
