@@ -1,7 +1,8 @@
 """Two workspaces' usage around today (UTC), and an anomaly, for the page's tests and screenshots.
 
 ``acme`` has three automations on two models: calls early today, on each of the last six days and in the
-seven days before them (the previous period of "last 7 days"), and a spike alert raised now. ``globex`` has
+seven days before them (the previous period of "last 7 days"), two calls yesterday that never reported usage
+(unreported calls), and a spike alert raised now. ``globex`` has
 an automation named ``globex-secret-bot`` that must never appear on a page opened with acme's token.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from schemas.models import Provider, ProviderCallRecord
 from tests.aggregator.helpers import usage
 from worker.aggregator.alerts import AlertKind, make_alert
 from worker.aggregator.store import Store
@@ -52,7 +54,15 @@ async def seed_workspaces(store: Store) -> Seeded:
     for hour in range(3):
         events.append(usage(today + timedelta(hours=hour, minutes=30), workspace="globex", automation=GLOBEX_SECRET,
                             model="gpt-4o", input_tokens=777_000, output_tokens=77_000))
-    await store.ingest(events)
+    # Two calls that started yesterday and never reported usage (the worker died mid-call): unreported.
+    yesterday = today - timedelta(hours=20)
+    unreported = [
+        ProviderCallRecord(call_id=f"lost-call-{n}", job_id=f"lost-job-{n}", workspace_id="acme",
+                           automation_id="weekly-report", provider=Provider.OPENAI, model="gpt-4o",
+                           started_at=yesterday + timedelta(minutes=n))
+        for n in range(2)
+    ]
+    await store.ingest(events, calls=unreported)
     now = datetime.now(UTC)
     hour_start = now.replace(minute=0, second=0, microsecond=0)
     await store.add_alerts([make_alert(

@@ -51,6 +51,7 @@ async def assert_totals_equal_the_api(page: Page, stack: PageStack, token: str) 
     assert int(shown["requests"]) == totals["requests"]
     for bucket in BUCKETS:
         assert int(shown[bucket]) == totals[bucket], bucket
+    assert int(shown["unreported_calls"]) == totals["unreported_calls"]
     headline = await page.locator("#headline").inner_text()
     assert f"{totals['requests']:,}" in headline
     assert f"{totals['input_tokens']:,}" in headline
@@ -74,6 +75,7 @@ async def test_the_page_shows_a_workspace_as_the_api_counts_it(
     week = await assert_totals_equal_the_api(page, page_stack, token)
     assert week["period"]["unit"] == "day"
     assert week["totals"]["requests"] > 0
+    assert week["totals"]["unreported_calls"] == 2
     print(f"\npage totals, last 7 days: {week['totals']['requests']} requests, "
           f"{week['totals']['cost_usd']} USD (equal to the API)")
     await expect(page.locator("#range-note")).to_contain_text("UTC")
