@@ -77,7 +77,7 @@ async def test_the_page_shows_a_workspace_as_the_api_counts_it(
     assert week["totals"]["requests"] > 0
     assert week["totals"]["unreported_calls"] == 2
     print(f"\npage totals, last 7 days: {week['totals']['requests']} requests, "
-          f"{week['totals']['cost_usd']} USD (equal to the API)")
+          f"{week['totals']['cost_usd']} USD, {week['totals']['unreported_calls']} unreported calls (equal to the API)")
     await expect(page.locator("#range-note")).to_contain_text("UTC")
     as_of = load_prices(None).version
     await expect(page.locator("#prices-note")).to_contain_text(f"estimates from the price table of {as_of}")
