@@ -3,6 +3,8 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The browser tests (tests/browser) drive Debian's Chromium through Playwright; no browser is ever downloaded.
+CHROMIUM := /usr/bin/chromium
 
 .PHONY: setup test lint demo bench schemas check-deploy clean
 
@@ -14,7 +16,10 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-test: $(STAMP)
+$(CHROMIUM):
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium
+
+test: $(STAMP) $(CHROMIUM)
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 lint: $(STAMP)

@@ -6,6 +6,7 @@
   reconnecting, stopping).
 - ``VaultSettings``: Vault's address and identity (the worker; ``byok keys`` loads only these).
 - ``StoreSettings`` / ``ConsumptionSettings``: where consumption is stored, and the price table to cost it.
+- ``ApiTokensSettings``: the aggregator API's tokens file (``byok tokens``, the aggregator).
 - ``WorkerSettings`` here, ``AggregatorSettings`` in ``worker.aggregator.settings``.
 
 Every command loads only the class it uses through ``load_settings``, which turns a refusal into one line
@@ -14,6 +15,7 @@ naming the variables (never their values).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Iterable, Mapping
 from enum import StrEnum
@@ -41,6 +43,17 @@ def split_listen(listen: str) -> tuple[str, int]:
     """``host:port`` of a ``*_LISTEN`` setting (``[::1]:80`` too); an empty host is loopback."""
     host, _, port = listen.rpartition(":")
     return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def is_loopback(listen: str) -> bool:
+    """Whether a ``*_LISTEN`` address is reachable from this host only (127.0.0.0/8, ``::1``, ``localhost``)."""
+    host, _ = split_listen(listen)
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
 
 
 def _listen(value: str) -> str:
@@ -111,6 +124,14 @@ class VaultSettings(_FromEnvironment):
 
 class StoreSettings(_FromEnvironment):
     store_url: SecretStr = SecretStr("sqlite:///./byok.db")  # a PostgreSQL URL may carry a password
+
+
+class ApiTokensSettings(_FromEnvironment):
+    """Where the aggregator API's token hashes are (``byok tokens`` loads only this; the aggregator too)."""
+
+    api_tokens_file: str | None = Field(
+        default=None, description="JSON file of API token hashes and scopes (byok tokens create); unset: no tokens"
+    )
 
 
 class ConsumptionSettings(StoreSettings):

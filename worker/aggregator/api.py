@@ -13,6 +13,7 @@ from aiohttp import web
 
 from schemas.models import IDENTIFIER_PATTERN
 from worker.aggregator.alerts import AlertKind
+from worker.aggregator.auth import auth_middleware, not_found, request_scope
 from worker.aggregator.consumption import (
     DEFAULT_UNREPORTED_GRACE_S,
     QueryError,
@@ -24,8 +25,10 @@ from worker.aggregator.db import StoreError
 from worker.aggregator.drivers import DEFAULT_RUN_TAG, drivers
 from worker.aggregator.metrics import AggregatorMetrics
 from worker.aggregator.openapi import openapi_document
+from worker.aggregator.page import add_page_routes, security_headers
 from worker.aggregator.pricing import PriceTable
 from worker.aggregator.store import Store
+from worker.aggregator.tokens import TokenRegistry
 from worker.settings import split_listen
 
 log = structlog.get_logger("byok.aggregator")
@@ -74,6 +77,8 @@ def _kind(text: str | None) -> str | None:
 async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
+    except web.HTTPNotFound:
+        return not_found()  # the same answer as a workspace the token may not read
     except QueryError as exc:
         return _json({"error": "bad_request", "message": str(exc)}, 400)
     except StoreError as exc:
@@ -82,9 +87,12 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 class AggregatorApi:
+    """The routes. With ``tokens`` every ``/v1/...`` request needs a bearer token of that registry (``auth``)."""
+
     def __init__(
         self, store: Store, prices: PriceTable, metrics: AggregatorMetrics, state: ApiState,
-        *, unreported_grace_s: float = DEFAULT_UNREPORTED_GRACE_S, run_tag: str = DEFAULT_RUN_TAG,
+        tokens: TokenRegistry | None = None, *, unreported_grace_s: float = DEFAULT_UNREPORTED_GRACE_S,
+        run_tag: str = DEFAULT_RUN_TAG,
     ) -> None:
         self._unreported_grace_s = unreported_grace_s
         self._run_tag = run_tag
@@ -92,9 +100,12 @@ class AggregatorApi:
         self._prices = prices
         self._metrics = metrics
         self._state = state
+        self._tokens = tokens
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[_errors])
+        app = web.Application(middlewares=[security_headers, _errors, auth_middleware(self._tokens)])
+        add_page_routes(app, tokens_required=self._tokens is not None)
+        app.router.add_get("/v1/token", self.token)
         app.router.add_get("/v1/workspaces/{workspace_id}/consumption", self.consumption)
         app.router.add_get("/v1/workspaces/{workspace_id}/drivers", self.drivers)
         app.router.add_get("/v1/workspaces/{workspace_id}/anomalies", self.anomalies)
@@ -124,6 +135,16 @@ class AggregatorApi:
             run_tag=self._run_tag,
         )
         return _json(result)
+
+    async def token(self, request: web.Request) -> web.Response:
+        """What the request's token may read, and which ``/v1`` endpoints this aggregator has (the page
+        shows a section only when its endpoint exists): the page's first question."""
+        endpoints = sorted({
+            resource.canonical for resource in request.app.router.resources()
+            if resource.canonical.startswith("/v1/")
+        })
+        return _json({"scope": request_scope(request, self._tokens), "tokens_required": self._tokens is not None,
+                      "prices_as_of": self._prices.version, "endpoints": endpoints})
 
     async def anomalies(self, request: web.Request) -> web.Response:
         query = request.rel_url.query

@@ -16,6 +16,9 @@ Cost is priced per UTC day with the entry in effect that day; ``cost_usd`` sums 
 ``null`` when nothing in the row is priced; ``unpriced`` says that some usage in it has no price (so the
 cost is missing or incomplete).
 Grouping by ``model`` keys rows by provider and model, since one name can exist at two providers.
+``hour`` keys rows by the UTC hour's start (``2025-03-01T10:00:00+00:00``), for charts of short ranges
+(unreported calls are kept per day: by hour they sit in the day's first hour; the totals are exact).
+``prices_as_of`` is the date (version) of the price table the estimates come from.
 """
 
 from __future__ import annotations
@@ -30,16 +33,17 @@ from worker.aggregator.pricing import PriceTable
 from worker.aggregator.records import Counters, UnreportedRow, UsageRow
 from worker.aggregator.store import Store
 
-GROUPS = ("model", "automation", "provider", "day")
+GROUPS = ("model", "automation", "provider", "day", "hour")
 DEFAULT_GROUP_BY = ("model",)
 COST_DECIMALS = 6
 DEFAULT_UNREPORTED_GRACE_S = 600.0
 """``BYOK_UNREPORTED_GRACE_S``: a call still without usage this long after it started is unreported."""
 
 # Row keys in output order, and which requested groups produce them.
-_KEY_ORDER = ("day", "provider", "model", "automation_id")
+_KEY_ORDER = ("day", "hour", "provider", "model", "automation_id")
 _KEYS_FOR_GROUP = {
     "day": ("day",),
+    "hour": ("hour",),
     "provider": ("provider",),
     "model": ("provider", "model"),
     "automation": ("automation_id",),
@@ -106,6 +110,7 @@ class _Sum:
 def _row_key(row: UsageRow | UnreportedRow, keys: Sequence[str]) -> tuple[str | None, ...]:
     values = {
         "day": row.period.date().isoformat(),
+        "hour": row.period.isoformat(),
         "provider": row.provider,
         "model": row.model,
         "automation_id": row.automation_id,
@@ -153,6 +158,7 @@ def build_consumption(
         "estimate": True,
         "currency": "USD",
         "price_table": prices.version,
+        "prices_as_of": prices.version,
     }
 
 
@@ -174,7 +180,7 @@ async def consumption(
         raise QueryError(f"group_by: unknown {', '.join(unknown)}")
     if since is not None and until is not None and since >= until:
         raise QueryError("since must be before until")
-    rows = await store.usage([workspace_id], since, until, "day")
+    rows = await store.usage([workspace_id], since, until, "hour" if "hour" in group_by else "day")
     started_before = (now or datetime.now(UTC)) - timedelta(seconds=unreported_grace_s)
     unreported = await store.unreported_calls(workspace_id, since, until, started_before)
     return build_consumption(workspace_id, rows, prices, group_by or DEFAULT_GROUP_BY, since=since, until=until,

@@ -65,6 +65,7 @@ def _schemas() -> dict[str, Any]:
             "description": "the group keys asked for (provider and model together), then the counters",
             "properties": {
                 "day": {"type": "string", "format": "date"},
+                "hour": {"type": "string", "format": "date-time", "description": "start of the UTC hour"},
                 "provider": {"type": "string"},
                 "model": {"type": "string"},
                 "automation_id": {"type": ["string", "null"]},
@@ -89,6 +90,7 @@ def _schemas() -> dict[str, Any]:
                 "estimate": {"const": True, "description": "costs are estimates from the price table"},
                 "currency": {"const": "USD"},
                 "price_table": {"type": "string", "description": "version of the price table used"},
+                "prices_as_of": {"type": "string", "description": "the price table's date (its version)"},
             },
             "required": ["workspace_id", "totals", "rows", "estimate"],
         },
@@ -110,6 +112,17 @@ def _schemas() -> dict[str, Any]:
                 "consuming": {"type": "boolean"},
                 "store": {"enum": ["ok", "unavailable"]},
             },
+        },
+        "TokenScope": {
+            "type": "object",
+            "properties": {
+                "scope": {"type": "string", "description": "the workspace the token may read, or * for all"},
+                "tokens_required": {"type": "boolean", "description": "false: no tokens configured (loopback)"},
+                "prices_as_of": {"type": "string", "description": "the price table's date (its version)"},
+                "endpoints": {"type": "array", "items": {"type": "string"},
+                              "description": "the /v1 paths this aggregator serves"},
+            },
+            "required": ["scope", "tokens_required", "prices_as_of", "endpoints"],
         },
         "Error": {
             "type": "object",
@@ -218,15 +231,65 @@ def _drivers_schemas() -> dict[str, Any]:
     }
 
 
+_UNAUTHORIZED = {
+    "description": "no bearer token, or one the tokens file does not list",
+    "headers": {"WWW-Authenticate": {"schema": {"type": "string"}, "description": "Bearer"}},
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+}
+_NOT_FOUND = _error_response(
+    "a workspace the token may not read: the same answer as a path that does not exist"
+)
+_PUBLIC: list[dict[str, list[str]]] = []  # an operation that needs no token
+
+
+def _asset(operation_id: str, summary: str, media_type: str) -> dict[str, Any]:
+    return {"get": {
+        "operationId": operation_id, "summary": summary, "security": _PUBLIC,
+        "responses": {"200": {"description": summary, "content": {media_type: {"schema": {"type": "string"}}}}},
+    }}
+
+
+def _secured(paths: dict[str, Any]) -> dict[str, Any]:
+    """Every ``/v1/...`` operation answers 401 without a valid token, and 404 for another workspace."""
+    for path, operations in paths.items():
+        if not path.startswith("/v1/"):
+            continue
+        for operation in operations.values():
+            operation["responses"].setdefault("401", _UNAUTHORIZED)
+            if "{workspace_id}" in path:
+                operation["responses"].setdefault("404", _NOT_FOUND)
+    return paths
+
+
 def openapi_document() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {
             "title": "byok aggregator API",
             "version": "1",
-            "description": "Consumption (token counts and estimated cost), cost drivers and anomalies per workspace.",
+            "description": "Consumption (token counts and estimated cost), cost drivers and anomalies per workspace. "
+            "Every /v1 operation needs a bearer token; a token scoped to one workspace gets 404 for others.",
         },
-        "paths": {
+        "security": [{"bearerAuth": []}],
+        "paths": _secured({
+            "/": {
+                "get": {
+                    "operationId": "page",
+                    "summary": "The consumption page (HTML; it asks for a token and reads the /v1 endpoints)",
+                    "security": _PUBLIC,
+                    "responses": {"200": {"description": "the page",
+                                          "content": {"text/html": {"schema": {"type": "string"}}}}},
+                }
+            },
+            "/app.js": _asset("pageScript", "The page's script", "text/javascript"),
+            "/app.css": _asset("pageStyle", "The page's style sheet", "text/css"),
+            "/v1/token": {
+                "get": {
+                    "operationId": "getTokenScope",
+                    "summary": "What the request's token may read",
+                    "responses": {"200": _json_response("the token's scope", "TokenScope")},
+                }
+            },
             "/v1/workspaces/{workspace_id}/consumption": {
                 "get": {
                     "operationId": "getConsumption",
@@ -291,6 +354,7 @@ def openapi_document() -> dict[str, Any]:
             "/healthz": {
                 "get": {
                     "operationId": "health",
+                    "security": _PUBLIC,
                     "summary": "Broker connection, consumers and store",
                     "responses": {"200": _json_response("healthy", "Health"),
                                   "503": _json_response("degraded", "Health")},
@@ -299,6 +363,7 @@ def openapi_document() -> dict[str, Any]:
             "/metrics": {
                 "get": {
                     "operationId": "metrics",
+                    "security": _PUBLIC,
                     "summary": "Prometheus metrics",
                     "responses": {"200": {"description": "Prometheus text format",
                                           "content": {"text/plain": {"schema": {"type": "string"}}}}},
@@ -307,11 +372,21 @@ def openapi_document() -> dict[str, Any]:
             "/openapi.json": {
                 "get": {
                     "operationId": "openapi",
+                    "security": _PUBLIC,
                     "summary": "This document",
                     "responses": {"200": {"description": "OpenAPI 3.1",
                                           "content": {"application/json": {"schema": {"type": "object"}}}}},
                 }
             },
+        }),
+        "components": {
+            "schemas": _schemas(),
+            "securitySchemes": {
+                "bearerAuth": {
+                    "type": "http", "scheme": "bearer",
+                    "description": "a token from byok tokens create, scoped to one workspace or to * "
+                    "(BYOK_API_TOKENS_FILE); without a tokens file the API listens on loopback only and asks none",
+                }
+            },
         },
-        "components": {"schemas": _schemas()},
     }

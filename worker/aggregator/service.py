@@ -23,10 +23,12 @@ from worker.aggregator.pricing import PriceTable, load_prices
 from worker.aggregator.publisher import AlertPublisher
 from worker.aggregator.settings import AggregatorSettings
 from worker.aggregator.store import Store
+from worker.aggregator.tokens import TokenRegistry
 from worker.broker.connection import BrokerSupervisor, Link
 from worker.broker.names import Topology
 from worker.broker.publisher import Publisher
 from worker.broker.topology import aggregator_topology, declare_topology
+from worker.settings import is_loopback
 
 log = structlog.get_logger("byok.aggregator")
 
@@ -116,12 +118,14 @@ async def run_aggregator(
         alerts = AlertPublisher(store, names.alerts_exchange, metrics, lease_s=settings.alert_claim_s)
         detector = AnomalyDetector(store, AnomalyRules(settings, prices), settings)
         handlers = BatchHandlers(store, detector, metrics, alerts.kick)
+        tokens = TokenRegistry(settings.api_tokens_file) if settings.api_tokens_file else None
         api = ApiServer(settings.api_listen, AggregatorApi(
             store, prices, metrics, ApiState(lambda: broker.connected, lambda: broker.alive and current.consuming()),
-            unreported_grace_s=settings.unreported_grace_s,
+            tokens, unreported_grace_s=settings.unreported_grace_s,
             run_tag=settings.run_tag,
         ))
         await api.start()
+        _say_who_may_read(api.url, tokens, settings)
         stack.push_async_callback(api.stop)
 
         async def on_connected(link: Link) -> None:
@@ -167,6 +171,17 @@ async def run_aggregator(
                     await alerts.flush()
                 await broker.close()
     log.info("aggregator stopped")
+
+
+def _say_who_may_read(url: str, tokens: TokenRegistry | None, settings: AggregatorSettings) -> None:
+    if tokens is not None:
+        log.info("API and page need a bearer token", api=url, tokens_file=str(tokens.path), tokens=len(tokens))
+    elif is_loopback(settings.api_listen):
+        log.warning("API without tokens: listening on loopback only; set BYOK_API_TOKENS_FILE to serve others",
+                    api=url)
+    else:
+        log.warning("API without tokens on a non-loopback address (BYOK_API_ALLOW_UNAUTHENTICATED=true): "
+                    "anyone who reaches it reads every workspace", api=url)
 
 
 async def _consumer(

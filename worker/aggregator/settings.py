@@ -11,13 +11,16 @@ from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_
 from pydantic_settings import NoDecode
 
 from schemas.models import ErrorCode
-from worker.settings import ConsumptionSettings, Listen, ProcessSettings
+from worker.settings import ApiTokensSettings, ConsumptionSettings, Listen, ProcessSettings, is_loopback
 
 
-class AggregatorSettings(ProcessSettings, ConsumptionSettings):
+class AggregatorSettings(ProcessSettings, ConsumptionSettings, ApiTokensSettings):
     """Every field is read from ``BYOK_<FIELD NAME>``."""
 
     api_listen: Listen = "127.0.0.1:8088"
+    api_allow_unauthenticated: bool = Field(
+        default=False, description="serve the API without tokens on a non-loopback BYOK_API_LISTEN"
+    )
 
     aggregator_batch_size: int = Field(default=500, ge=1, le=5000)
     aggregator_batch_wait_ms: float = Field(default=50.0, ge=0)
@@ -62,6 +65,16 @@ class AggregatorSettings(ProcessSettings, ConsumptionSettings):
             budgets.update(_read_budgets(self.budgets_file))
         budgets.update(self.budgets)
         self._resolved_budgets = budgets
+        return self
+
+    @model_validator(mode="after")
+    def _no_open_api_off_loopback(self) -> AggregatorSettings:
+        if self.api_tokens_file is None and not self.api_allow_unauthenticated and not is_loopback(self.api_listen):
+            raise ValueError(
+                "BYOK_API_LISTEN is not a loopback address and BYOK_API_TOKENS_FILE is unset: the API would "
+                "serve every workspace to anyone; set BYOK_API_TOKENS_FILE (byok tokens create), or "
+                "BYOK_API_ALLOW_UNAUTHENTICATED=true to mean it"
+            )
         return self
 
     @field_validator("error_burst_codes", mode="before")

@@ -31,7 +31,8 @@ main settings (environment; README.md lists them all):
   BYOK_AMQP_URL          the broker (amqp://guest:guest@127.0.0.1:5672/)
   BYOK_TOPOLOGY_PREFIX   prefix of every exchange and queue (byok)
   BYOK_STORE_URL         sqlite:///relative, sqlite:////absolute or postgresql://… (sqlite:///./byok.db)
-  BYOK_API_LISTEN        the HTTP API (127.0.0.1:8088)
+  BYOK_API_LISTEN        the HTTP API and consumption page (127.0.0.1:8088)
+  BYOK_API_TOKENS_FILE   bearer tokens' hashes and scopes (byok tokens create); unset: loopback only
   BYOK_PRICES_FILE       a price table replacing the shipped one
   BYOK_RUN_TAG           the job tag naming an agent run in the drivers report (agent_run)
   BYOK_MONTHLY_BUDGET_USD, BYOK_BUDGETS, BYOK_BUDGETS_FILE  budgets for budget alerts
@@ -46,7 +47,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Consumes usage events (each event_id counted once) and failed results into the consumption\n"
                     "store, prices them, detects anomalies and budget overruns, publishes alerts, and serves the\n"
-                    "HTTP API (/v1/workspaces/{ws}/consumption, /anomalies, /openapi.json, /healthz, /metrics).\n"
+                    "HTTP API (/v1/workspaces/{ws}/consumption, /anomalies, /openapi.json, /healthz, /metrics) and\n"
+                    "the consumption page at /.\n"
                     "Needs no Vault settings. Runs until Ctrl-C or SIGTERM.",
         epilog=AGGREGATOR_SETTINGS,
     )

@@ -29,7 +29,9 @@ _COLUMNS = (
     *((bucket, bucket.removesuffix("_tokens").replace("_", " ")) for bucket in TOKEN_BUCKETS),
 )
 UNREPORTED_MARK = "!"
-_KEY_TITLES = {"day": "day", "provider": "provider", "model": "model", "automation_id": "automation"}
+_KEY_TITLES = {
+    "day": "day", "hour": "hour (UTC)", "provider": "provider", "model": "model", "automation_id": "automation",
+}
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -45,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     query.add_argument("--since", help="inclusive start: ISO-8601 with offset (2025-06-01T00:00:00Z) or a date")
     query.add_argument("--until", help="exclusive end: ISO-8601 with offset or a date")
     query.add_argument(
-        "--group-by", dest="group_by", help="comma-separated: model, automation, provider, day (default: model)"
+        "--group-by", dest="group_by", help="comma-separated: model, automation, provider, day, hour (default: model)"
     )
     query.add_argument(
         "--drivers", action="store_true",

