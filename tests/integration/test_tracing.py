@@ -74,8 +74,8 @@ async def test_a_publishers_trace_reaches_the_workers_genai_spans_and_the_result
         model: dict[str, Any] = {"provider": provider.value, "name": name, "base_url": url[provider]}
         if provider is not Provider.OLLAMA:
             model["sealed_key"] = sealed_key or sealed[provider]
-        return job_body(job_id, ws, model, content=f"{PROMPT_MARK} for {job_id}: summarise this ticket about a jammed printer in one line",
-                        automation_id="tracing")
+        prompt = f"{PROMPT_MARK} for {job_id}: summarise this ticket about a jammed printer in one line"
+        return job_body(job_id, ws, model, content=prompt, automation_id="tracing")
 
     # job id -> (provider, model): cache and reasoning tokens (OpenAI), cache reads and writes (Anthropic),
     # plain counts (Mistral, Ollama), a refused key (auth_failed).
