@@ -8,7 +8,9 @@ process export to it alike. Every request is kept as it arrived (``bodies``, for
 
 from __future__ import annotations
 
+import argparse
 import gzip
+import json
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -62,6 +64,10 @@ class OtlpReceiver:
     spans: list[ReceivedSpan] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    keep_bodies: bool = True
+    """False (a long benchmark): requests are decoded and counted, neither bytes nor spans kept."""
+    requests: int = 0
+    span_count: int = 0
 
     @property
     def endpoint(self) -> str:
@@ -82,9 +88,12 @@ class OtlpReceiver:
                         resource=resource, scope=scope_spans.scope.name, start_ns=span.start_time_unix_nano,
                     ))
         with self.lock:
-            self.paths.append(path)
-            self.bodies.append(body)
-            self.spans.extend(found)
+            self.requests += 1
+            self.span_count += len(found)
+            if self.keep_bodies:
+                self.paths.append(path)
+                self.bodies.append(body)
+                self.spans.extend(found)
 
     def snapshot(self) -> list[ReceivedSpan]:
         with self.lock:
@@ -98,6 +107,19 @@ class OtlpReceiver:
 
 def _handler(receiver: OtlpReceiver) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            """``/stats``: how many export requests and spans arrived (for a receiver in another process)."""
+            if self.path != "/stats":
+                self.send_error(404)
+                return
+            with receiver.lock:
+                answer = json.dumps({"requests": receiver.requests, "spans": receiver.span_count}).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("content-length", "0")))
             if self.headers.get("content-encoding") == "gzip":
@@ -120,9 +142,9 @@ def _handler(receiver: OtlpReceiver) -> type[BaseHTTPRequestHandler]:
 
 
 @contextmanager
-def otlp_receiver() -> Iterator[OtlpReceiver]:
-    receiver = OtlpReceiver()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(receiver))
+def otlp_receiver(port: int = 0, *, keep_bodies: bool = True) -> Iterator[OtlpReceiver]:
+    receiver = OtlpReceiver(keep_bodies=keep_bodies)
+    server = ThreadingHTTPServer(("127.0.0.1", port), _handler(receiver))
     server.daemon_threads = True
     receiver.port = int(server.server_address[1])
     thread = threading.Thread(target=server.serve_forever, name="otlp-receiver", daemon=True)
@@ -156,3 +178,16 @@ def trace_tree(spans: list[ReceivedSpan], trace_id: str) -> str:
 
     walk("", 0)
     return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m tests.otlp --port N``: a receiver in a process of its own (the benchmark's), until killed."""
+    parser = argparse.ArgumentParser(prog="python -m tests.otlp")
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args(argv)
+    with otlp_receiver(args.port, keep_bodies=False):
+        threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main()

@@ -117,7 +117,8 @@ class JobConsumer:
         self.on_message(IncomingMessage(delivered, no_ack=False))
 
     def on_message(self, message: AbstractIncomingMessage) -> None:
-        task = asyncio.create_task(self._handle(message) if self._tracing is None else self._traced(message))
+        tracing = self._tracing
+        task = asyncio.create_task(self._handle(message) if tracing is None else self._traced(tracing, message))
         self.in_flight.add(task)
         self.idle.clear()
         task.add_done_callback(self._done)
@@ -127,10 +128,9 @@ class JobConsumer:
         if not self.in_flight:
             self.idle.set()
 
-    async def _traced(self, message: AbstractIncomingMessage) -> None:
+    async def _traced(self, tracing: Tracing, message: AbstractIncomingMessage) -> None:
         """``_handle`` inside the job's span (tracing on): continued from the job's ``traceparent``."""
-        assert self._tracing is not None
-        with self._tracing.consuming(message.headers or {}, self._names.jobs_queue, message.message_id,
+        with tracing.consuming(message.headers or {}, self._names.jobs_queue, message.message_id,
                                      len(message.body)):
             await self._handle(message)
 
