@@ -8,6 +8,8 @@ configured by the standard ``OTEL_*`` variables only. Run with ``-s`` to see one
 from __future__ import annotations
 
 import secrets
+import socket
+import time
 from typing import Any
 
 import aio_pika
@@ -19,6 +21,7 @@ from tests.conftest import Sealer
 from tests.otlp import ReceivedSpan, otlp_receiver, trace_tree
 from worker.broker.names import JOB_ROUTING_KEY, Topology
 from worker.jobs.service import Worker
+from worker.jobs.tracing import TRACE_FLUSH_S
 from worker.settings import Settings
 from worker.testing.simulator import ProviderSimulator
 
@@ -204,3 +207,24 @@ async def test_with_no_otel_variables_there_is_no_span_and_no_hook_and_the_job_c
         assert parsed_traceparent(captured.headers) == (trace_id, publisher_span)
         assert captured.headers["tracestate"] == TRACESTATE
     assert orjson.loads(tap.results[0].body)["status"] == "succeeded"
+
+
+async def test_a_collector_that_does_not_answer_costs_no_job_and_does_not_hold_the_stop(
+    settings: Settings, simulator: ProviderSimulator, tap: BrokerTap, seal: Sealer
+) -> None:
+    ws = f"ws-nocollector-{secrets.token_hex(3)}"
+    base_url = simulator.base_url(Provider.OPENAI)
+    model = {"provider": "openai", "name": "gpt-4o-mini", "base_url": base_url,
+             "sealed_key": seal(ws, KEY, Provider.OPENAI, base_url)}
+    with socket.socket() as closed:  # a port nothing listens on: every export is refused
+        closed.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    worker = Worker(settings, environ={"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint})
+    async with running(worker):
+        await publish(settings, [(f"lost-{i}", job_body(f"lost-{i}", ws, model), {}) for i in range(20)])
+        await tap.wait_for(lambda: len(tap.results) == 20)
+        stopping = time.monotonic()
+    stop_s = time.monotonic() - stopping
+    assert all(c.json["status"] == "succeeded" for c in tap.results)
+    print(f"\n[trace] worker stop with an unreachable collector: {stop_s:.2f} s")
+    assert stop_s < TRACE_FLUSH_S + 3, f"the stop waited {stop_s:.1f} s on the collector"

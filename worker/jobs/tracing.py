@@ -19,6 +19,7 @@ of its own, and is flushed and shut down when the worker stops.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -41,6 +42,8 @@ DEFAULT_OTLP_ENDPOINT = "http://localhost:4318"
 EXPORTERS = frozenset({"otlp", "console", "none"})
 OTLP_PROTOCOL = "http/protobuf"
 W3C = TraceContextTextMapPropagator()
+TRACE_FLUSH_S = 3.0
+"""How long a stopping worker waits for its last spans to be exported before it drops them."""
 DEFAULT_EXCHANGE = "amq.default"
 """What messaging conventions call the nameless default exchange (a reply to a queue goes through it)."""
 
@@ -132,8 +135,9 @@ def trace_carrier(headers: Mapping[str, Any]) -> dict[str, str]:
 class Tracing:
     """The worker's tracer provider and the spans of a job (``worker.jobs.call_span`` makes the provider call's)."""
 
-    def __init__(self, provider: TracerProvider) -> None:
+    def __init__(self, provider: TracerProvider, exporters: tuple[SpanExporter, ...] = ()) -> None:
         self._provider = provider
+        self._exporters = exporters
         self.tracer: Tracer = provider.get_tracer("byok.worker")
 
     @classmethod
@@ -145,13 +149,28 @@ class Tracing:
     def start(cls, config: TracingConfig) -> Tracing:
         """The tracer provider and its export thread: what ``shutdown`` stops."""
         provider = TracerProvider(resource=Resource.create(config.resource))
-        for name in config.exporters:
-            provider.add_span_processor(BatchSpanProcessor(_exporter(name, config)))
-        return cls(provider)
+        exporters = tuple(_exporter(name, config) for name in config.exporters)
+        for exporter in exporters:
+            provider.add_span_processor(BatchSpanProcessor(exporter))
+        return cls(provider, exporters)
 
-    def shutdown(self) -> None:
-        """Export what is still queued and stop the export thread (blocking: call it off the event loop)."""
-        self._provider.shutdown()
+    def shutdown(self, flush_s: float = TRACE_FLUSH_S) -> None:
+        """Export what is still queued and stop the export thread (blocking: call it off the event loop).
+
+        A collector that does not answer would hold the stop for the exporter's retries (up to its 10 s timeout,
+        and the SDK's flush takes no time limit): after ``flush_s`` the exporters are shut, which ends their
+        retrying, and what is left is dropped."""
+        cut_off = threading.Timer(flush_s, self._stop_exporting)
+        cut_off.daemon = True
+        cut_off.start()
+        try:
+            self._provider.shutdown()
+        finally:
+            cut_off.cancel()
+
+    def _stop_exporting(self) -> None:
+        for exporter in self._exporters:
+            exporter.shutdown()
 
     @contextmanager
     def consuming(self, headers: Mapping[str, Any], queue: str, message_id: str | None,
