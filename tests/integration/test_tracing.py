@@ -228,3 +228,31 @@ async def test_a_collector_that_does_not_answer_costs_no_job_and_does_not_hold_t
     assert all(c.json["status"] == "succeeded" for c in tap.results)
     print(f"\n[trace] worker stop with an unreachable collector: {stop_s:.2f} s")
     assert stop_s < TRACE_FLUSH_S + 3, f"the stop waited {stop_s:.1f} s on the collector"
+
+
+async def test_a_job_retried_through_a_delay_queue_stays_in_one_trace(
+    settings: Settings, simulator: ProviderSimulator, tap: BrokerTap, seal: Sealer
+) -> None:
+    """No traceparent from the publisher: the first attempt starts the trace, and the copy that waits in a delay
+    queue carries it, so the second attempt is in the same trace (one trace per job)."""
+    ws = f"ws-retrace-{secrets.token_hex(3)}"
+    base_url = simulator.base_url(Provider.OPENAI)
+    model = {"provider": "openai", "name": "sim-flaky-1", "base_url": base_url,
+             "sealed_key": seal(ws, KEY, Provider.OPENAI, base_url)}
+    through_delay_queue = settings.model_copy(update={"inline_retry_max_s": 0.0})
+    with otlp_receiver() as receiver:
+        environ = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint}
+        async with running(Worker(through_delay_queue, environ=environ)):
+            await publish(settings, [("retried", job_body("retried", ws, model), {})])
+            await tap.wait_for(lambda: len(tap.results) == 1)
+        spans = receiver.snapshot()
+    assert len(tap.delayed) == 1 and tap.results[0].json["status"] == "succeeded"
+    first, second = sorted((s for s in spans if s.kind == "CONSUMER"), key=lambda s: s.start_ns)
+    assert first.parent_span_id == "" and (second.trace_id, second.parent_span_id) == (first.trace_id,
+                                                                                        first.span_id)
+    assert parsed_traceparent(tap.delayed[0].headers) == (first.trace_id, first.span_id)
+    calls = sorted((s for s in spans if s.name == "chat sim-flaky-1"), key=lambda s: s.start_ns)
+    assert [(c.parent_span_id, c.status, c.attributes.get("error.type")) for c in calls] == [
+        (first.span_id, "ERROR", "provider_error"), (second.span_id, "UNSET", None)]
+    assert {s.resource["service.name"] for s in spans} == {"byok-worker"}, "the default service name"
+    assert parsed_traceparent(tap.results[0].headers)[0] == first.trace_id
