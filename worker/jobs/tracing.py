@@ -1,6 +1,6 @@
 """The worker's traces: OpenTelemetry, on only when the standard ``OTEL_*`` variables ask for it.
 
-``Tracing.from_env`` returns None when no exporter is configured (no ``OTEL_TRACES_EXPORTER``, no
+``tracing_config`` returns None when no exporter is configured (no ``OTEL_TRACES_EXPORTER``, no
 ``OTEL_EXPORTER_OTLP_ENDPOINT`` / ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``), when ``OTEL_TRACES_EXPORTER`` is
 ``none`` or when ``OTEL_SDK_DISABLED`` is ``true``: the worker then makes no span object and adds no call hook,
 and a job costs what it cost before. Otherwise one trace per job, continued from its W3C ``traceparent`` /
@@ -139,11 +139,6 @@ class Tracing:
         self._provider = provider
         self._exporters = exporters
         self.tracer: Tracer = provider.get_tracer("byok.worker")
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str]) -> Tracing | None:
-        config = tracing_config(environ)
-        return None if config is None else cls.start(config)
 
     @classmethod
     def start(cls, config: TracingConfig) -> Tracing:
