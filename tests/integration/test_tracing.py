@@ -16,7 +16,7 @@ import aio_pika
 import orjson
 
 from schemas.models import Provider
-from tests.broker import BrokerTap, job_body, running
+from tests.broker import BrokerTap, byok, job_body, running
 from tests.conftest import Sealer
 from tests.otlp import ReceivedSpan, otlp_receiver, trace_tree
 from worker.broker.names import JOB_ROUTING_KEY, Topology
@@ -256,3 +256,12 @@ async def test_a_job_retried_through_a_delay_queue_stays_in_one_trace(
         (first.span_id, "ERROR", "provider_error"), (second.span_id, "UNSET", None)]
     assert {s.resource["service.name"] for s in spans} == {"byok-worker"}, "the default service name"
     assert parsed_traceparent(tap.results[0].headers)[0] == first.trace_id
+
+
+def test_an_otel_setting_the_worker_cannot_honour_stops_it_at_start_with_exit_2(settings: Settings) -> None:
+    for env, named in (({"OTEL_TRACES_EXPORTER": "zipkin"}, "OTEL_TRACES_EXPORTER"),
+                       ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4317", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"},
+                        "OTEL_EXPORTER_OTLP_PROTOCOL")):
+        result = byok(settings, "worker", check=False, extra_env=env)
+        assert result.returncode == 2, result.stderr.decode()[-1500:]
+        assert result.stderr.decode().strip().startswith(f"byok worker: {named}:"), result.stderr.decode()[-1500:]
