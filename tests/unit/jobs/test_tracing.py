@@ -1,13 +1,22 @@
-"""``worker.jobs.tracing`` and ``worker.jobs.call_span``: when tracing is on, and the GenAI attributes of a call."""
+"""``worker.jobs.tracing`` and ``worker.jobs.call_span``: when tracing is on, the GenAI attributes of a call, and
+the spans of a failed call and a failed unseal (an in-memory exporter: what the SDK would export)."""
 
 from __future__ import annotations
 
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode, Tracer
+from pydantic import SecretStr
 
-from schemas.models import TokenCounts
-from worker.jobs.call_span import reply_attributes, usage_attributes
+from schemas.models import CompletionJob, ErrorCode, Provider, TokenCounts
+from worker.failures import JobFailure, KeyUnavailable
+from worker.jobs.call_hooks import ProviderCall
+from worker.jobs.call_span import chat_span, reply_attributes, usage_attributes
 from worker.jobs.job_headers import carried_trace
-from worker.jobs.tracing import TracingConfigError, job_attributes, tracing_config
+from worker.jobs.tracing import TracedDecryptor, TracingConfigError, job_attributes, tracing_config
+from worker.keys.endpoint import Endpoint
 from worker.providers.base import ProviderReply
 
 
@@ -84,3 +93,66 @@ def test_results_carry_only_the_jobs_trace_headers_within_bounds() -> None:
     headers = {"traceparent": "00-" + "a" * 32 + "-" + "b" * 16 + "-01", "tracestate": "x" * 513, "CC": ["q"]}
     assert carried_trace(headers) == {"traceparent": headers["traceparent"]}
     assert carried_trace(None) == {}
+
+
+# ----------------------------------------------------------------- the spans themselves, in memory
+
+
+def in_memory() -> tuple[Tracer, InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return provider.get_tracer("test"), exporter
+
+
+def a_call(model: str = "gpt-4o-mini") -> ProviderCall:
+    job = CompletionJob.model_validate({
+        "job_id": "j-1", "workspace_id": "ws", "model": {"provider": "mistral", "name": model,
+                                                         "sealed_key": "vault:v1:c2VhbGVk"},
+        "input": {"messages": [{"role": "user", "content": "the secret prompt"}], "temperature": 0.2}})
+    return ProviderCall(job, "call-1", Endpoint.resolve(Provider.MISTRAL, None))
+
+
+async def test_a_failed_call_has_its_error_code_status_error_and_no_message_or_exception_event() -> None:
+    tracer, exporter = in_memory()
+    with pytest.raises(JobFailure):
+        async with chat_span(tracer)(a_call()):
+            raise JobFailure(ErrorCode.AUTH_FAILED, "Incorrect API key provided: the secret prompt")
+    (span,) = exporter.get_finished_spans()
+    assert span.name == "chat gpt-4o-mini" and span.kind is SpanKind.CLIENT
+    assert span.status.status_code is StatusCode.ERROR and not span.status.description
+    assert span.attributes is not None and span.attributes["error.type"] == "auth_failed"
+    assert dict(span.attributes) == {
+        "gen_ai.operation.name": "chat", "gen_ai.provider.name": "mistral_ai", "gen_ai.request.model": "gpt-4o-mini",
+        "server.address": "api.mistral.ai", "server.port": 443, "byok.call.id": "call-1",
+        "gen_ai.request.temperature": 0.2, "error.type": "auth_failed"}
+    assert not span.events, "no exception event: its message could repeat what the provider was sent"
+
+
+async def test_an_answer_that_cannot_be_used_is_billed_and_marked_provider_error() -> None:
+    tracer, exporter = in_memory()
+    call = a_call()
+    async with chat_span(tracer)(call):
+        call.reply = ProviderReply(text="", finish_reason=None, usage=TokenCounts(input_tokens=3, output_tokens=2),
+                                   unusable="the structured output is not valid JSON")
+    (span,) = exporter.get_finished_spans()
+    assert span.attributes is not None
+    assert (span.attributes["error.type"], span.attributes["gen_ai.usage.output_tokens"]) == ("provider_error", 2)
+    assert span.status.status_code is StatusCode.ERROR
+
+
+class RefusingVault:
+    async def decrypt(self, workspace_id: str, sealed: str, binding_b64: str) -> SecretStr:
+        raise KeyUnavailable("the sealed key does not open")
+
+
+async def test_an_unseal_that_fails_is_a_span_with_its_code_and_no_sealed_key_or_binding() -> None:
+    tracer, exporter = in_memory()
+    unsealer = TracedDecryptor(RefusingVault(), tracer, "https://vault.example:8200")
+    with pytest.raises(KeyUnavailable):
+        await unsealer.decrypt("acme", "vault:v1:c2VhbGVk", "YmluZGluZw==")
+    (span,) = exporter.get_finished_spans()
+    assert span.name == "unseal" and span.kind is SpanKind.CLIENT
+    assert dict(span.attributes or {}) == {"server.address": "vault.example", "server.port": 8200,
+                                           "byok.workspace.id": "acme", "byok.unseal.cache": "miss",
+                                           "error.type": "key_unavailable"}
