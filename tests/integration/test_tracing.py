@@ -20,6 +20,7 @@ from tests.broker import BrokerTap, byok, job_body, running
 from tests.conftest import Sealer
 from tests.otlp import ReceivedSpan, otlp_receiver, trace_tree
 from worker.broker.names import JOB_ROUTING_KEY, Topology
+from worker.jobs.call_span import ChatSpan
 from worker.jobs.service import Worker
 from worker.jobs.tracing import TRACE_FLUSH_S
 from worker.settings import Settings
@@ -99,7 +100,9 @@ async def test_a_publishers_trace_reaches_the_workers_genai_spans_and_the_result
     with otlp_receiver() as receiver:
         environ = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_SERVICE_NAME": "byok-trace-test"}
         async with running(Worker(settings, environ=environ)) as worker:
-            assert worker.tracing is not None and len(worker.call_hooks) == 1
+            assert worker.tracing is not None
+            assert [h for h in worker.call_hooks if isinstance(h, ChatSpan)] == [worker.call_hooks[-1]], (
+                "one span hook, the innermost")
             await publish(settings, jobs)
             await tap.wait_for(lambda: len(tap.results) == len(jobs) and len(tap.usage) == len(jobs) - 1)
         # The worker stopped: its tracer provider flushed every span to the receiver on the way out.
@@ -198,7 +201,7 @@ async def test_with_no_otel_variables_there_is_no_span_and_no_hook_and_the_job_c
     header, trace_id, publisher_span = traceparent()
     # Only a service name: no exporter is asked for, so tracing stays off.
     async with running(Worker(settings, environ={"OTEL_SERVICE_NAME": "byok-untraced"})) as worker:
-        assert worker.tracing is None and worker.call_hooks == ()
+        assert worker.tracing is None and not any(isinstance(h, ChatSpan) for h in worker.call_hooks)
         await publish(settings, [("untraced", job_body("untraced", ws, model),
                                   {"traceparent": header, "tracestate": TRACESTATE})])
         await tap.wait_for(lambda: len(tap.results) == 1 and len(tap.usage) == 1)

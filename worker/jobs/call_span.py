@@ -21,7 +21,7 @@ from opentelemetry.trace import SpanKind, Tracer
 from opentelemetry.util.types import AttributeValue
 
 from schemas.models import ErrorCode, Provider, TokenCounts
-from worker.jobs.call_hooks import CallHook, ProviderCall
+from worker.jobs.call_hooks import ProviderCall
 from worker.jobs.tracing import error_type, failed
 from worker.providers.base import ProviderReply
 
@@ -74,13 +74,14 @@ def reply_attributes(reply: ProviderReply) -> dict[str, AttributeValue]:
     return found
 
 
-def chat_span(tracer: Tracer) -> CallHook:
+class ChatSpan:
     """The call hook that wraps each provider call in its ``chat <model>`` span."""
 
-    def hook(call: ProviderCall) -> AbstractAsyncContextManager[None]:
-        return _chat_span(tracer, call)
+    def __init__(self, tracer: Tracer) -> None:
+        self._tracer = tracer
 
-    return hook
+    def __call__(self, call: ProviderCall) -> AbstractAsyncContextManager[None]:
+        return _chat_span(self._tracer, call)
 
 
 @asynccontextmanager
@@ -101,4 +102,4 @@ async def _chat_span(tracer: Tracer, call: ProviderCall) -> AsyncIterator[None]:
                 failed(span, ErrorCode.PROVIDER_ERROR.value)
 
 
-__all__ = ["GEN_AI_PROVIDER", "chat_span", "reply_attributes", "request_attributes", "usage_attributes"]
+__all__ = ["GEN_AI_PROVIDER", "ChatSpan", "reply_attributes", "request_attributes", "usage_attributes"]

@@ -27,7 +27,7 @@ from worker.broker.publisher import Publisher
 from worker.broker.topology import check_topology, declare_topology, topology_spec
 from worker.jobs.call_hooks import CallHook
 from worker.jobs.call_records import CallRecorder
-from worker.jobs.call_span import chat_span
+from worker.jobs.call_span import ChatSpan
 from worker.jobs.consumer import JobConsumer
 from worker.jobs.health import HealthServer, HealthState
 from worker.jobs.metrics import WorkerMetrics
@@ -113,7 +113,7 @@ class Worker:
         if tracing is not None:
             unsealer = tracing.traced_decryptor(decryptor, settings.vault_addr)
             # Last, so innermost: the span covers the provider call itself, not what the other hooks do first.
-            hooks.append(chat_span(tracing.tracer))
+            hooks.append(ChatSpan(tracing.tracer))
         self.call_hooks = tuple(hooks)
         runner = JobRunner(RetryPolicy.from_settings(settings), allowed_hosts=settings.allowed_hosts,
                            decryptor=unsealer, http=http, cache=self.cache, metrics=self.metrics,

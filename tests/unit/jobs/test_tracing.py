@@ -13,7 +13,7 @@ from pydantic import SecretStr
 from schemas.models import CompletionJob, ErrorCode, Provider, TokenCounts
 from worker.failures import JobFailure, KeyUnavailable
 from worker.jobs.call_hooks import ProviderCall
-from worker.jobs.call_span import chat_span, reply_attributes, usage_attributes
+from worker.jobs.call_span import ChatSpan, reply_attributes, usage_attributes
 from worker.jobs.job_headers import carried_trace
 from worker.jobs.tracing import TracedDecryptor, TracingConfigError, job_attributes, tracing_config
 from worker.keys.endpoint import Endpoint
@@ -116,7 +116,7 @@ def a_call(model: str = "gpt-4o-mini") -> ProviderCall:
 async def test_a_failed_call_has_its_error_code_status_error_and_no_message_or_exception_event() -> None:
     tracer, exporter = in_memory()
     with pytest.raises(JobFailure):
-        async with chat_span(tracer)(a_call()):
+        async with ChatSpan(tracer)(a_call()):
             raise JobFailure(ErrorCode.AUTH_FAILED, "Incorrect API key provided: the secret prompt")
     (span,) = exporter.get_finished_spans()
     assert span.name == "chat gpt-4o-mini" and span.kind is SpanKind.CLIENT
@@ -132,7 +132,7 @@ async def test_a_failed_call_has_its_error_code_status_error_and_no_message_or_e
 async def test_an_answer_that_cannot_be_used_is_billed_and_marked_provider_error() -> None:
     tracer, exporter = in_memory()
     call = a_call()
-    async with chat_span(tracer)(call):
+    async with ChatSpan(tracer)(call):
         call.reply = ProviderReply(text="", finish_reason=None, usage=TokenCounts(input_tokens=3, output_tokens=2),
                                    unusable="the structured output is not valid JSON")
     (span,) = exporter.get_finished_spans()
