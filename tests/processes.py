@@ -19,7 +19,8 @@ from worker.testing.devstack import free_port
 
 def process_env(settings: Settings, **overrides: str) -> dict[str, str]:
     env = {
-        **os.environ,
+        # A developer's own OTEL_* would turn tracing on in every process a test starts: only a test does that.
+        **{name: value for name, value in os.environ.items() if not name.startswith("OTEL_")},
         "BYOK_AMQP_URL": settings.amqp_url.get_secret_value(),
         "BYOK_TOPOLOGY_PREFIX": settings.topology_prefix,
         "BYOK_VAULT_ADDR": settings.vault_addr,

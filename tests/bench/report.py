@@ -144,6 +144,15 @@ def _p6(results: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def _p8(results: dict[str, Any]) -> list[Row]:
+    p8 = results.get("P8")
+    if p8 is None:
+        return []
+    off, on = p8["cpu_ms"]["off"], p8["cpu_ms"]["on"]
+    return [Row("P8", "worker CPU per job, tracing on (OTLP/HTTP to a local receiver) / off, ms (ratio on/off)",
+                f"{on:.2f} / {off:.2f} ({on / off:.2f})", "reference", None)]
+
+
 def _p9(results: dict[str, Any]) -> list[Row]:
     p9 = results.get("P9")
     if p9 is None:
@@ -165,7 +174,7 @@ def _p9(results: dict[str, Any]) -> list[Row]:
 
 def rows(results: dict[str, Any]) -> list[Row]:
     return [*_p1(results), *_p2(results), *_p3(results), *_p4(results), *_p5(results), *_p6(results),
-            *_p9(results)]
+            *_p8(results), *_p9(results)]
 
 
 def table(found: list[Row]) -> str:
@@ -229,6 +238,16 @@ def details(results: dict[str, Any]) -> str:
         lines.append("P3 clients: " + "; ".join(
             f"{name} {found.get('cpu_ms_per_call', float('nan')):.2f} ms CPU/call, "
             f"{found.get('calls_per_s', float('nan')):,.0f} calls/s" for name, found in clients.items()))
+    p8 = results.get("P8")
+    if p8 is not None:
+        rounds = p8["rounds"]
+        lines.append(
+            "P8 worker CPU ms/job per round (sorted), off: " + ", ".join(f"{v:.2f}" for v in rounds["off"])
+            + "; on: " + ", ".join(f"{v:.2f}" for v in rounds["on"])
+            + "; jobs/s off: " + ", ".join(f"{v:,.0f}" for v in p8["rates"]["off"])
+            + "; on: " + ", ".join(f"{v:,.0f}" for v in p8["rates"]["on"])
+            + f"; the receiver decoded {p8['spans']:,} spans in {p8['requests']:,} OTLP requests for "
+              f"{p8['traced_jobs']:,} traced jobs ({p8['spans'] / max(p8['traced_jobs'], 1):.2f} spans/job)")
     if "elapsed_s" in results:
         lines.append(f"whole run: {results['elapsed_s']:.0f} s; load average before "
                      f"{results['load_before'][0]:.2f}, after {results['load_after'][0]:.2f}"
@@ -295,6 +314,11 @@ def markdown(results: dict[str, Any], found: list[Row], profiling: Path) -> str:
         "and until the last of them is done.",
         f"- **P6** `worker.aggregator.bench.bench_ingest(store_url, {z['p6_events']})` on a SQLite file and on the "
         "local PostgreSQL (throwaway schema).",
+        f"- **P8** P1's load ({z.get('p8_jobs', 0):,} jobs, prefetch {z['p1_prefetch']}, instant simulator) on a "
+        "worker without `OTEL_*` and on one with `OTEL_EXPORTER_OTLP_ENDPOINT` set to `tests/otlp.py`'s receiver "
+        "(its own process, decoding every request), alternated "
+        f"{z.get('p8_rounds', 0)} times; worker CPU per job as in P3, the median of each kind, and their ratio. "
+        "Every span is exported (the receiver's count is in the details): none is dropped to save CPU.",
         f"- **P9** what provider-call records cost (one more confirmed publish per provider call, before it): "
         f"P1's setup ({z.get('p9_jobs', 0):,} jobs, instant simulator, prefetch {z['p1_prefetch']}) with "
         "`BYOK_CALL_RECORDS=false` and with the default (on), alternating "

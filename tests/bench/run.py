@@ -6,6 +6,7 @@ process from /proc. Every figure that has a target is a ratio or a value measure
 
     python -m tests.bench.run                 # everything, writes BENCHMARKS.md (about 5 minutes)
     python -m tests.bench.run --only P1,P3    # a subset (BENCHMARKS.md is then not written)
+    python -m tests.bench.run --only P8       # tracing on / off only
     python -m tests.bench.run --profile DIR   # P1 under py-spy: DIR/worker.txt (collapsed stacks), top frames
     python -m tests.bench.run --worker-src DIR --output FILE   # the same against another copy of the tree
 """
@@ -25,6 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 
 from tests.bench import report
@@ -33,6 +35,7 @@ from tests.bench.loop import fast_run, quiet_gc
 from tests.bench.procstat import CpuProbe, find_pid, machine, memory_mb
 from tests.bench.stack import Simulator, Stack, metric_sum, new_prefix, scrape, stack, stop_process
 from tests.processes import wait_ready
+from worker.testing.devstack import free_port, wait_for_port
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKSPACES = [f"bench-ws-{i:02d}" for i in range(16)]
@@ -55,6 +58,9 @@ P5_SECONDS = 8.0
 P5_COLD_AT_S = 2.0
 P5_PACED_S = 4.0
 P6_EVENTS = 20_000
+ALL = ("P1", "P2", "P3", "P4", "P5", "P6", "P8", "P9")
+P8_JOBS = 5_000
+P8_ROUNDS = 3
 P9_JOBS = 6_000
 P9_ROUNDS = 3
 PG_URL = os.environ.get("BENCH_PG_URL", "postgresql://127.0.0.1:5432/test")
@@ -290,6 +296,28 @@ async def _cold_scenario(services: Stack, sim: Simulator, sealed: dict[str, str]
     }
 
 
+async def tracing_cost(services: Stack, sim: Simulator) -> dict[str, Any]:
+    """P8: worker CPU per job with tracing on (OTLP/HTTP to a receiver in its own process) and off, alternated
+    ``P8_ROUNDS`` times on the same load as P1; the medians' ratio, and the spans the receiver decoded."""
+    port = free_port()
+    sink = subprocess.Popen([sys.executable, "-m", "tests.otlp", "--port", str(port)])
+    try:
+        await asyncio.to_thread(wait_for_port, "127.0.0.1", port, 30)
+        traced = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}", "OTEL_SERVICE_NAME": "byok-bench"}
+        runs: dict[str, list[Throughput]] = {"off": [], "on": []}
+        for round_ in range(1, P8_ROUNDS + 1):
+            print(f"bench: P8 round {round_}/{P8_ROUNDS}: tracing off, then on …", file=sys.stderr)
+            runs["off"].append(await throughput(services, "worker", P8_JOBS, P1_PREFETCH, sim))
+            runs["on"].append(await throughput(services, "worker", P8_JOBS, P1_PREFETCH, sim, worker_env=traced))
+        stats = orjson.loads(httpx.get(f"http://127.0.0.1:{port}/stats", timeout=10).content)
+    finally:
+        stop_process(sink)
+    cpu = {mode: sorted(run.cpu_ms_per_job("worker") for run in found) for mode, found in runs.items()}
+    return {"cpu_ms": {mode: values[len(values) // 2] for mode, values in cpu.items()}, "rounds": cpu,
+            "rates": {mode: [run.rate for run in found] for mode, found in runs.items()},
+            "spans": stats["spans"], "requests": stats["requests"], "traced_jobs": P8_JOBS * P8_ROUNDS}
+
+
 def clients(sim: Simulator) -> dict[str, dict[str, float]]:
     """P3's references: the same call through ``openai`` and ``litellm``, each in its own process."""
     found: dict[str, dict[str, float]] = {}
@@ -340,7 +368,8 @@ async def run(only: set[str], profile_dir: Path | None, worker_src: Path | None 
         "sizes": {"p1_jobs": P1_JOBS, "p1_rounds": P1_ROUNDS, "p1_prefetch": P1_PREFETCH, "p2_jobs": P2_JOBS,
                   "p2_prefetch": P2_PREFETCH, "p3_calls": P3_CALLS, "p3_concurrency": P3_CONCURRENCY,
                   "p4_seconds": P4_SECONDS, "p4_latency_ms": P4_LATENCY_MS, "p5_warm_rate": P5_WARM_RATE,
-                  "p5_paced_s": P5_PACED_S, "p6_events": P6_EVENTS, "p9_jobs": P9_JOBS, "p9_rounds": P9_ROUNDS},
+                  "p5_paced_s": P5_PACED_S, "p6_events": P6_EVENTS, "p8_jobs": P8_JOBS, "p8_rounds": P8_ROUNDS,
+                  "p9_jobs": P9_JOBS, "p9_rounds": P9_ROUNDS},
     }
     with stack() as services:
         services.worker_source = worker_src
@@ -372,6 +401,8 @@ async def run(only: set[str], profile_dir: Path | None, worker_src: Path | None 
         if "P5" in only:
             print("bench: P5 Vault cold start …", file=sys.stderr)
             results["P5_cold"] = await vault_cold(services)
+        if "P8" in only:
+            results["P8"] = await tracing_cost(services, sim)
         if "P6" in only:
             print("bench: P6 aggregator ingest …", file=sys.stderr)
             results["P6"] = await aggregator_ingest(services.workdir)
@@ -384,7 +415,7 @@ async def run(only: set[str], profile_dir: Path | None, worker_src: Path | None 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.bench.run", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", default="P1,P2,P3,P4,P5,P6,P9", help="comma-separated subset of P1..P6, P9")
+    parser.add_argument("--only", default=",".join(ALL), help="comma-separated subset of " + ",".join(ALL))
     parser.add_argument("--profile", type=Path, default=None, help="profile the worker under P1 load into DIR")
     parser.add_argument("--output", type=Path, default=ROOT / "BENCHMARKS.md")
     parser.add_argument("--worker-src", type=Path, default=None,
@@ -405,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile is not None:
         print(report.frames(top_frames(args.profile / "worker.txt")))
         return 0
-    if only == {"P1", "P2", "P3", "P4", "P5", "P6", "P9"}:
+    if only == set(ALL):
         args.output.write_text(report.markdown(results, rows, ROOT / "tests" / "bench" / "PROFILING.md"))
         print(f"bench: wrote {args.output}", file=sys.stderr)
     return 0

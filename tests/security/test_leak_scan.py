@@ -9,8 +9,11 @@ Paths: success on three protocols, every error code, retries through the delay q
 ``byok dlq list/show/replay``, ``byok keys create/seal/rotate/status/rewrap`` (and two misuses with the
 key on argv or a clear key piped to rewrap), a SIGKILL mid-call and redelivery to another worker.
 Captured: the workers' log files (fd level), CLI stdout and stderr, results, usage events, dead letters
-and delayed retries (bodies and every property and header), replies, alerts, /metrics, /livez, /readyz
-and /proc/<pid>/cmdline. ``LEAK_SCAN_DUMP=<dir>`` writes all of it out for reading.
+and delayed retries (bodies and every property and header), replies, alerts, /metrics, /livez, /readyz,
+/proc/<pid>/cmdline, and every trace span the workers exported (they run with ``OTEL_EXPORTER_OTLP_ENDPOINT``
+pointing at a real OTLP/HTTP receiver; each export request as protobuf and as JSON). The spans are also
+searched for prompt text: two canaries travel in every job's system prompt and user message.
+``LEAK_SCAN_DUMP=<dir>`` writes all of it out for reading.
 
 Run with ``-s`` to see the ``[leak scan]`` line with the counts.
 """
@@ -23,7 +26,7 @@ import os
 import secrets
 import string
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -35,6 +38,7 @@ import pytest
 from schemas.models import Provider
 from tests.broker import BrokerTap, broker_tap, byok, job_body, publish_jobs
 from tests.conftest import Sealer
+from tests.otlp import OtlpReceiver, otlp_receiver
 from tests.processes import ByokProcess, kill, start_worker
 from tests.security.leakscan import (
     Artifact,
@@ -63,6 +67,21 @@ ENV_A = {"BYOK_PROVIDER_READ_TIMEOUT_S": "1", "BYOK_INLINE_RETRY_MAX_S": "0", "B
          "BYOK_LOG_LEVEL": "debug", "BYOK_LOG_FORMAT": "json"}
 # Workers B (killed) and C (takes over): default timeouts, so the slow call is interrupted only by the kill.
 ENV_BC = {"BYOK_LOG_LEVEL": "debug", "BYOK_LOG_FORMAT": "json"}
+
+
+
+def traced(env: dict[str, str], receiver: OtlpReceiver) -> dict[str, str]:
+    """``env`` with tracing on, to ``receiver`` (exported in batches every 100 ms)."""
+    return {**env, "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_SERVICE_NAME": "byok-leak-scan",
+            "OTEL_BSP_SCHEDULE_DELAY": "100"}
+
+
+def span_artifacts(receiver: OtlpReceiver) -> list[Artifact]:
+    """Each OTLP export request as it arrived (protobuf) and as protobuf's JSON rendering."""
+    found = [Artifact("spans", f"{i}/protobuf", body) for i, body in enumerate(receiver.bodies)]
+    found += [Artifact("spans", f"{i}/json", text.encode()) for i, text in enumerate(receiver.as_json())]
+    return found
+
 
 # job id -> (protocol, model name, expected error code or None for success). Workspace, endpoint and
 # sealed key are the canary's own.
@@ -179,6 +198,12 @@ async def echo() -> AsyncIterator[EchoingProvider]:
 
 
 @pytest.fixture
+def traces() -> Iterator[OtlpReceiver]:
+    with otlp_receiver() as receiver:
+        yield receiver
+
+
+@pytest.fixture
 async def workers(settings: Settings) -> AsyncIterator[Workers]:
     pool = Workers(settings)
     try:
@@ -226,7 +251,8 @@ def assert_scanner_works(canaries: list[Canary], real_log: bytes) -> None:
 
 @pytest.mark.timeout(150)
 async def test_no_canary_reaches_any_log_message_cli_output_or_metric(
-    settings: Settings, vault: VaultServer, simulator: ProviderSimulator, echo: EchoingProvider, workers: Workers
+    settings: Settings, vault: VaultServer, simulator: ProviderSimulator, echo: EchoingProvider, workers: Workers,
+    traces: OtlpReceiver,
 ) -> None:
     started = time.monotonic()
     suffix = secrets.token_hex(3)
@@ -238,6 +264,9 @@ async def test_no_canary_reaches_any_log_message_cli_output_or_metric(
     # A publisher who pastes a clear key where the sealed one belongs: the dead letter keeps the body it
     # was sent (that is the contract), nothing else may repeat it.
     pasted = Canary("pasted_into_job", f"sk-canary-pasted-{secrets.token_hex(12)}")
+    # Prompt text: the results repeat the user message (the simulator's answer), only spans are searched for it.
+    prompts = [Canary("system_prompt", f"system-canary-{secrets.token_hex(10)}"),
+               Canary("user_prompt", f"prompt-canary-{secrets.token_hex(10)}")]
     url = {p.value: simulator.base_url(p) for p in (Provider.OPENAI, Provider.MISTRAL, Provider.ANTHROPIC)}
     cli = Cli(settings)
 
@@ -259,7 +288,7 @@ async def test_no_canary_reaches_any_log_message_cli_output_or_metric(
             assert all(len(v) == 1 and v[0].startswith("vault:v1:") for v in lines.values()), lines
             return {label: v[0] for label, v in lines.items()}
 
-        worker_a_start = asyncio.create_task(workers.start("a", ENV_A))
+        worker_a_start = asyncio.create_task(workers.start("a", traced(ENV_A, traces)))
         try:
             sealed = await seal_all()
         finally:
@@ -272,7 +301,8 @@ async def test_no_canary_reaches_any_log_message_cli_output_or_metric(
             return job_id, orjson.dumps({
                 "job_id": job_id, "workspace_id": workspace, "automation_id": "leak-scan",
                 "tags": {"run": suffix, "case": job_id}, "model": model, "metadata": {"case": job_id},
-                "input": {"system": "be brief", "messages": [{"role": "user", "content": f"leak scan {job_id}"}],
+                "input": {"system": f"be brief {prompts[0].value}",
+                          "messages": [{"role": "user", "content": f"leak scan {job_id} {prompts[1].value}"}],
                           "max_tokens": 64},
                 **extra,
             })
@@ -353,7 +383,7 @@ async def test_no_canary_reaches_any_log_message_cli_output_or_metric(
 
         # -- a crash mid-call: SIGKILL worker B with both canary keys in flight, worker C takes over -------
         crash_ids = ("crash-openai", "crash-mistral")
-        worker_b = await workers.start("b", ENV_BC)
+        worker_b = await workers.start("b", traced(ENV_BC, traces))
         seen_before = len(simulator.ledger.requests())
         await publish(settings, [job("crash-openai", "openai", f"sim-slow-{SLOW_MS}"),
                                  job("crash-mistral", "mistral", f"sim-slow-{SLOW_MS}")])
@@ -366,7 +396,7 @@ async def test_no_canary_reaches_any_log_message_cli_output_or_metric(
         await workers.snapshot("b", worker_b)
         await asyncio.to_thread(kill, worker_b)
         assert not any(results_for(capture, j) for j in crash_ids), "B was killed before it could finish"
-        worker_c = await workers.start("c", ENV_BC)
+        worker_c = await workers.start("c", traced(ENV_BC, traces))
         await wait_until(lambda: all(results_for(capture, j) for j in crash_ids), what="the crash jobs' results")
         assert all(results_for(capture, j)[0]["status"] == "succeeded" for j in crash_ids)
         await workers.snapshot("c", worker_c)
@@ -399,12 +429,23 @@ async def test_no_canary_reaches_any_log_message_cli_output_or_metric(
     assert log_a.count(b'"job.finished"') == len(expected) + len(REPLAYED) + 1, "one outcome line per job on worker A"
     assert b'"job.delayed"' in log_a and b'"job.unroutable"' in log_a
     assert b'"job.finished"' in logs[2].data, "worker C's log is empty"
-    assert_scanner_works([*canaries, pasted], log_a)
+    assert_scanner_works([*canaries, pasted, *prompts], log_a)
+    # A and C were stopped (SIGTERM): each flushed its spans on the way out. B was killed: its are lost.
+    spans = traces.snapshot()
+    traced_jobs = {s.attributes.get("byok.job.id") for s in spans if s.kind == "CONSUMER"}
+    assert set(expected) | set(crash_ids) <= traced_jobs, sorted(set(expected) - traced_jobs)
+    assert {s.attributes["gen_ai.provider.name"] for s in spans if s.kind == "CLIENT" and s.name.startswith("chat ")
+            } == {"openai", "anthropic", "mistral_ai"}
+    assert any(s.name == "unseal" for s in spans) and any(s.kind == "PRODUCER" for s in spans)
+    in_jobs = [Artifact("dead", "job bodies", b"".join(d.body for d in capture.of("dead")))]
+    assert all(scan(in_jobs, [p]).hits for p in prompts), "the prompt canaries did not travel in the jobs"
 
     # -- the scan ------------------------------------------------------------------------------------
-    artifacts = [*logs, *workers.artifacts, *cli.artifacts, *captured_artifacts(capture)]
+    exported = span_artifacts(traces)
+    artifacts = [*logs, *workers.artifacts, *cli.artifacts, *captured_artifacts(capture), *exported]
     dump_artifacts(artifacts)
     report = scan(artifacts, canaries)
+    in_spans = scan(exported, prompts)
     pasted_body = pasted_job[1]
     scoped = scan(artifacts, [pasted], exempt=lambda _c, a: a.kind == "dead" and a.data == pasted_body)
     counts = capture.counts()
@@ -419,9 +460,12 @@ async def test_no_canary_reaches_any_log_message_cli_output_or_metric(
           f"substrings checked={report.needles} (12-char windows={windows}, the rest URL/hex/base64 forms; "
           f"+{scoped.needles} scoped); provider calls with a canary key: simulator={len(calls)} "
           f"(cut by the kill={len(gone)}), echoing provider={len(echo.seen)}; "
-          f"hits={len(report.hits) + len(scoped.hits)}; {elapsed:.1f}s")
+          f"spans={len(spans)} in {len(traces.bodies)} OTLP requests (+{len(prompts)} prompt canaries searched "
+          f"there, {in_spans.needles} substrings); hits={len(report.hits) + len(scoped.hits) + len(in_spans.hits)}; "
+          f"{elapsed:.1f}s")
     assert not report.hits, "canary leaked:\n" + "\n".join(h.describe() for h in report.hits[:20])
     assert not scoped.hits, "a key pasted into a job leaked:\n" + "\n".join(h.describe() for h in scoped.hits[:20])
+    assert not in_spans.hits, "prompt text in a span:\n" + "\n".join(h.describe() for h in in_spans.hits[:20])
 
 
 @pytest.mark.timeout(60)

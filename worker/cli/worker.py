@@ -13,11 +13,17 @@ from worker.settings import WorkerSettings
 def _run_worker(_args: argparse.Namespace) -> int:
     from worker.broker.connection import BrokerUnavailable
     from worker.jobs.service import Worker
+    from worker.jobs.tracing import TracingConfigError
     from worker.keys.auth import VaultAuthError
 
     settings = configured_settings(WorkerSettings)
     try:
-        event_loop.run(Worker(settings).run(), settings.event_loop)
+        worker = Worker(settings)
+    except TracingConfigError as exc:
+        print(f"byok worker: {exc}", file=sys.stderr)
+        return 2
+    try:
+        event_loop.run(worker.run(), settings.event_loop)
     except (BrokerUnavailable, VaultAuthError) as exc:
         print(f"byok worker: {exc}", file=sys.stderr)
         return 1
@@ -36,6 +42,7 @@ main settings (environment; README.md lists them all):
   BYOK_SHUTDOWN_GRACE_S  drain period after SIGTERM (30)
   BYOK_METRICS_LISTEN    /livez, /readyz, /metrics (127.0.0.1:9464)
   BYOK_LOG_LEVEL, BYOK_LOG_FORMAT  info, json
+  OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_SERVICE_NAME  traces over OTLP/HTTP (off when no OTEL_* exporter is set)
 exit codes: 0 stopped, 1 broker unreachable for BYOK_RECONNECT_MAX_S or Vault login failed, 2 invalid settings
 """
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import hashlib
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -39,10 +39,11 @@ from worker.broker.names import (
 )
 from worker.broker.outbox import Outbox
 from worker.broker.publisher import Publisher
-from worker.jobs.job_headers import carried, delivery_of, reply_target
+from worker.jobs.job_headers import carried, carried_trace, delivery_of, reply_target
 from worker.jobs.metrics import WorkerMetrics
 from worker.jobs.pipeline import Completed, DeadLetter, JobRunner, Outcome, RetryLater, Unroutable
 from worker.jobs.settled import Settled, SettledMemo, settle
+from worker.jobs.tracing import Tracing
 
 log = structlog.get_logger("byok.worker")
 
@@ -98,8 +99,10 @@ class JobConsumer:
     def __init__(self, runner: JobRunner, publisher: Publisher, names: Topology, metrics: WorkerMetrics,
                  *, remember: int = 4096, remember_bytes: int = 64 * 1024 * 1024,
                  max_message_bytes: int | None = None, retry_window_s: float = 900.0,
-                 outbox: Outbox | None = None, delivery_limit: int | None = None) -> None:
+                 outbox: Outbox | None = None, delivery_limit: int | None = None,
+                 tracing: Tracing | None = None) -> None:
         self._runner = runner
+        self._tracing = tracing
         self.publisher = publisher
         self._outbox = outbox
         self._names = names
@@ -124,7 +127,8 @@ class JobConsumer:
         self.on_message(IncomingMessage(delivered, no_ack=False))
 
     def on_message(self, message: AbstractIncomingMessage) -> None:
-        task = asyncio.create_task(self._handle(message))
+        tracing = self._tracing
+        task = asyncio.create_task(self._handle(message) if tracing is None else self._traced(tracing, message))
         self.in_flight.add(task)
         self.idle.clear()
         task.add_done_callback(self._done)
@@ -133,6 +137,12 @@ class JobConsumer:
         self.in_flight.discard(task)
         if not self.in_flight:
             self.idle.set()
+
+    async def _traced(self, tracing: Tracing, message: AbstractIncomingMessage) -> None:
+        """``_handle`` inside the job's span (tracing on): continued from the job's ``traceparent``."""
+        with tracing.consuming(message.headers or {}, self._names.jobs_queue, message.message_id,
+                                     len(message.body)):
+            await self._handle(message)
 
     async def _handle(self, message: AbstractIncomingMessage) -> None:
         self._metrics.in_flight.inc()
@@ -198,37 +208,58 @@ class JobConsumer:
         elif isinstance(outcome, Unroutable):
             log.warning("job.unroutable", message_id=message.message_id, error_code=outcome.dead_letter.code.value,
                         reason=outcome.dead_letter.reason)
+            if self._tracing is not None:
+                self._tracing.job_outcome({"status": "failed"}, outcome.dead_letter.code.value)
             self._metrics.finished("failed", outcome.dead_letter.code.value)
             await self._dead_letter(message, outcome.dead_letter)
         await message.ack()
 
+    def _send(self, exchange: str, routing_key: str, body: bytes, message_id: str, correlation_id: str | None,
+              trace: dict[str, Any], *, kept: bool = False) -> Awaitable[None]:
+        """A result, reply or usage event, carrying the job's trace context on: the job's own ``traceparent`` /
+        ``tracestate`` as they came, or (tracing on) the context of a PRODUCER span around the publish.
+        ``kept``: through the outbox, when there is one."""
+        if self._tracing is None:
+            return self._publish(exchange, routing_key, body, message_id, correlation_id, trace or None, kept)
+        return self._send_traced(self._tracing, exchange, routing_key, body, message_id, correlation_id, kept)
+
+    async def _send_traced(self, tracing: Tracing, exchange: str, routing_key: str, body: bytes, message_id: str,
+                           correlation_id: str | None, kept: bool) -> None:
+        with tracing.sending(exchange, routing_key, message_id) as headers:
+            await self._publish(exchange, routing_key, body, message_id, correlation_id, headers, kept)
+
+    def _publish(self, exchange: str, routing_key: str, body: bytes, message_id: str, correlation_id: str | None,
+                 headers: dict[str, Any] | None, kept: bool) -> Awaitable[None]:
+        if kept and self._outbox is not None:
+            return self._outbox.publish(exchange, routing_key, body, message_id=message_id, headers=headers)
+        return self.publisher.publish(exchange, routing_key, body, message_id=message_id,
+                                      correlation_id=correlation_id, headers=headers)
+
     async def _publish_completed(self, message: AbstractIncomingMessage, settled: Settled) -> None:
         result = settled.result
+        trace = carried_trace(message.headers) if self._tracing is None else {}
         publishes = [
-            self.publisher.publish(result.exchange, result.routing_key, result.body, message_id=result.message_id,
-                                   correlation_id=message.correlation_id)
+            self._send(result.exchange, result.routing_key, result.body, result.message_id, message.correlation_id,
+                       trace)
         ]
         reply_to = reply_target(message.reply_to, self._names)
         if reply_to:
             publishes.append(
-                self.publisher.publish("", reply_to, result.body, message_id=result.message_id,
-                                       correlation_id=message.correlation_id)
+                self._send("", reply_to, result.body, result.message_id, message.correlation_id, trace)
             )
         elif message.reply_to:
             log.warning("job.reply_to_refused", message_id=message.message_id,
                         reason="reply_to names a queue of the topology; the result goes to the results exchange only")
         if settled.usage is not None:
             usage = settled.usage
-            if self._outbox is not None:
-                # Kept until confirmed, across a lost connection: the job may run again elsewhere under a new
-                # id, but this billed call has no other usage event.
-                publishes.append(self._outbox.publish(usage.exchange, usage.routing_key, usage.body,
-                                                      message_id=usage.message_id))
-            else:
-                publishes.append(self.publisher.publish(usage.exchange, usage.routing_key, usage.body,
-                                                        message_id=usage.message_id))
+            # Through the outbox when there is one: kept until confirmed, across a lost connection (the job may run
+            # again elsewhere under a new id, but this billed call has no other usage event).
+            publishes.append(self._send(usage.exchange, usage.routing_key, usage.body, usage.message_id, None, trace,
+                                        kept=True))
         if settled.dead_letter is not None:
             publishes.append(self._dead_letter(message, settled.dead_letter))
+        if self._tracing is not None:
+            self._tracing.job_outcome(settled.log_fields, settled.error_code)
         await asyncio.gather(*publishes)
         self._metrics.finished(settled.status, settled.error_code)
         log.info("job.finished", **settled.log_fields)
@@ -254,6 +285,8 @@ class JobConsumer:
 
     async def _publish_delayed(self, message: AbstractIncomingMessage, retry: RetryLater) -> None:
         step, headers = delayed_headers(message.headers or {}, retry, datetime.now(UTC))
+        if self._tracing is not None:
+            self._tracing.carry_current(headers)
         await self.publisher.publish(
             self._names.delay_exchange, str(step), message.body, message_id=message.message_id,
             headers=headers, correlation_id=message.correlation_id, reply_to=message.reply_to,

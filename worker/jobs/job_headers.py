@@ -43,6 +43,13 @@ def carried(headers: Mapping[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in headers.items() if key in CARRIED_HEADERS and _carriable(value)}
 
 
+def carried_trace(headers: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The job's ``traceparent`` / ``tracestate``, which its result and usage event carry on as they came."""
+    if not headers:
+        return {}
+    return {name: headers[name] for name in TRACE_HEADERS if name in headers and _carriable(headers[name])}
+
+
 def _text(value: Any) -> str | None:
     if isinstance(value, bytes):
         return value.decode(errors="replace")

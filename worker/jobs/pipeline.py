@@ -39,7 +39,7 @@ from worker.jobs.call_shape import call_shape
 from worker.jobs.metrics import WorkerMetrics
 from worker.jobs.retry import DelayQueue, GiveUp, RetryPolicy, WaitInline, decide
 from worker.keys.endpoint import Endpoint, EndpointError, binding_b64, check_destination, check_public
-from worker.keys.transit import TransitDecryptor
+from worker.keys.transit import Decryptor
 from worker.keys.unseal_cache import UnsealCache
 from worker.providers import adapter_for
 from worker.providers.base import ProviderAdapter, ProviderReply
@@ -134,7 +134,7 @@ class JobRunner:
         policy: RetryPolicy,
         *,
         allowed_hosts: frozenset[str] | None,
-        decryptor: TransitDecryptor,
+        decryptor: Decryptor,
         http: HttpClientPool,
         cache: UnsealCache,
         metrics: WorkerMetrics,

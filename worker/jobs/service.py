@@ -11,7 +11,9 @@ import asyncio
 import contextlib
 import functools
 import gc
+import os
 import signal
+from collections.abc import Mapping
 
 import httpx
 import structlog
@@ -23,14 +25,17 @@ from worker.broker.names import Topology
 from worker.broker.outbox import Outbox
 from worker.broker.publisher import Publisher
 from worker.broker.topology import check_topology, declare_topology, topology_spec
+from worker.jobs.call_hooks import CallHook
 from worker.jobs.call_records import CallRecorder
+from worker.jobs.call_span import ChatSpan
 from worker.jobs.consumer import JobConsumer
 from worker.jobs.health import HealthServer, HealthState
 from worker.jobs.metrics import WorkerMetrics
 from worker.jobs.pipeline import JobRunner
 from worker.jobs.retry import RetryPolicy
+from worker.jobs.tracing import Tracing, tracing_config
 from worker.keys.auth import make_token_source
-from worker.keys.transit import TransitDecryptor
+from worker.keys.transit import Decryptor, TransitDecryptor
 from worker.keys.unseal_cache import UnsealCache
 from worker.providers.http_pool import HttpClientPool, TransportFactory
 from worker.settings import Settings
@@ -43,8 +48,14 @@ GC_YOUNG_THRESHOLD = 10_000
 
 
 class Worker:
-    def __init__(self, settings: Settings, *, provider_transport: TransportFactory | None = None) -> None:
+    def __init__(self, settings: Settings, *, provider_transport: TransportFactory | None = None,
+                 environ: Mapping[str, str] | None = None) -> None:
+        """``environ``: where the standard ``OTEL_*`` variables are read (the process environment by default);
+        an invalid tracing setting raises ``TracingConfigError`` here, before anything starts."""
         self.settings = settings
+        self._tracing_config = tracing_config(os.environ if environ is None else environ)
+        self.tracing: Tracing | None = None
+        self.call_hooks: tuple[CallHook, ...] = ()
         self.names = Topology(settings.topology_prefix)
         self.metrics = WorkerMetrics()
         self.cache = UnsealCache(ttl_s=settings.unseal_cache_ttl_s, max_entries=settings.unseal_cache_size)
@@ -94,11 +105,19 @@ class Worker:
         self.health = HealthServer(settings.metrics_listen, HealthState(self._connected, self._consuming),
                                    self.metrics)
         await self.health.start()
+        tracing = self.tracing = Tracing.start(self._tracing_config) if self._tracing_config else None
+        unsealer: Decryptor = decryptor
+        hooks: list[CallHook] = []
+        if settings.call_records:
+            hooks.append(CallRecorder(self.outbox, self.names.usage_exchange))
+        if tracing is not None:
+            unsealer = tracing.traced_decryptor(decryptor, settings.vault_addr)
+            # Last, so innermost: the span covers the provider call itself, not what the other hooks do first.
+            hooks.append(ChatSpan(tracing.tracer))
+        self.call_hooks = tuple(hooks)
         runner = JobRunner(RetryPolicy.from_settings(settings), allowed_hosts=settings.allowed_hosts,
-                           decryptor=decryptor, http=http, cache=self.cache, metrics=self.metrics,
-                           call_timeout_s=settings.provider_call_timeout_s,
-                           call_hooks=[CallRecorder(self.outbox, self.names.usage_exchange)]
-                           if settings.call_records else [])
+                           decryptor=unsealer, http=http, cache=self.cache, metrics=self.metrics,
+                           call_timeout_s=settings.provider_call_timeout_s, call_hooks=self.call_hooks)
         try:
             await self.broker.run(stop, functools.partial(self._consume, runner), self._lost)
         finally:
@@ -109,6 +128,9 @@ class Worker:
             await decryptor.aclose()
             await tokens.aclose()
             await self.health.stop()
+            if tracing is not None:
+                # Flushes the spans still queued: off the event loop, which a local receiver may be on.
+                await asyncio.to_thread(tracing.shutdown)
             log.info("worker.stopped")
 
     async def _consume(self, runner: JobRunner, link: Link) -> None:
@@ -127,7 +149,7 @@ class Worker:
         if self._consumer is None:
             self._consumer = JobConsumer(runner, publisher, self.names, self.metrics,
                                          retry_window_s=settings.max_retry_window_s, outbox=self.outbox,
-                                         delivery_limit=settings.delivery_limit)
+                                         delivery_limit=settings.delivery_limit, tracing=self.tracing)
         else:
             self._consumer.publisher = publisher
         self._consumer.on_publish_refused = lambda: link.lose("the broker refused a publish (basic.nack)")

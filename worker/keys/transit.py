@@ -12,6 +12,7 @@ import base64
 import binascii
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 import httpx
 import orjson
@@ -22,6 +23,12 @@ from worker.keys.auth import TokenSource
 
 DecryptObserver = Callable[[float, str], None]
 """Called with (seconds, outcome) after every Vault call: for the latency metric."""
+
+
+class Decryptor(Protocol):
+    """What unseals a job's key: ``TransitDecryptor``, or a wrapper around it (a trace span per decrypt)."""
+
+    async def decrypt(self, workspace_id: str, sealed: str, binding_b64: str) -> SecretStr: ...
 
 
 class TransitDecryptor:

@@ -18,7 +18,7 @@ from schemas.models import CompletionJob, Provider, TokenCounts
 from worker.failures import InvalidJob, JobFailure
 from worker.keys.endpoint import Endpoint
 from worker.providers.anthropic_tools import anthropic_messages, anthropic_tools
-from worker.providers.base import ProviderReply, ProviderRequest
+from worker.providers.base import ProviderReply, ProviderRequest, answered_model
 from worker.providers.common import classify_status, count, error_body, mentions
 from worker.providers.prompt_cache import mark_anthropic_prefix
 from worker.providers.tool_mapping import (
@@ -104,7 +104,8 @@ class AnthropicAdapter:
         usage = anthropic_usage(raw_usage) if raw_usage is not None else None
         raw_stop = body.get("stop_reason")
         stop_reason = raw_stop if isinstance(raw_stop, str) else None
-        return provider_reply(partial(_answer, content, stop_reason, job), usage, raw_usage, stop_reason)
+        return provider_reply(partial(_answer, content, stop_reason, job), usage, raw_usage, stop_reason,
+                              answered_model(body))
 
     def classify_error(self, status: int, headers: dict[str, str], body: bytes) -> JobFailure:
         error = error_body(body).get("error")

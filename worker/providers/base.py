@@ -6,6 +6,7 @@ classified failure. Sending is done once for all of them in ``worker.providers.c
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -44,6 +45,19 @@ class ProviderReply:
     unusable: str | None = None
     """Why the answer cannot be used (tool-call arguments or structured output that do not parse): the job
     fails with ``provider_error``, and the usage still counts, since the provider billed the call."""
+    response_model: str | None = None
+    """The model the provider says answered (its ``model`` field), when it is a plain model name
+    (``answered_model``); None otherwise. For traces (``gen_ai.response.model``), not for billing."""
+
+
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}")
+"""What a response's ``model`` may be to be repeated: a name, never free text the endpoint chose."""
+
+
+def answered_model(body: dict[str, Any]) -> str | None:
+    """The ``model`` a response names (all four protocols have one), if it looks like a model name."""
+    model = body.get("model")
+    return model if isinstance(model, str) and MODEL_NAME.fullmatch(model) else None
 
 
 class ProviderAdapter(Protocol):

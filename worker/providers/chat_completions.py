@@ -19,7 +19,7 @@ from schemas.conversation import (
     UserMessage,
 )
 from schemas.models import CompletionJob, TokenCounts
-from worker.providers.base import ProviderReply
+from worker.providers.base import ProviderReply, answered_model
 from worker.providers.common import count
 from worker.providers.tool_mapping import (
     CHAT_COMPLETIONS_FINISH,
@@ -168,7 +168,8 @@ def parse_chat_completion(
     provider_finish = raw_finish if isinstance(raw_finish, str) else None
     raw_usage = body.get("usage") if isinstance(body.get("usage"), dict) else None
     usage = usage_of(raw_usage) if raw_usage is not None else None
-    return provider_reply(partial(_answer, message, provider_finish, job), usage, raw_usage, provider_finish)
+    return provider_reply(partial(_answer, message, provider_finish, job), usage, raw_usage, provider_finish,
+                          answered_model(body))
 
 
 def _answer(message: dict[str, Any], provider_finish: str | None, job: CompletionJob | None) -> Answer:

@@ -10,7 +10,7 @@ from typing import Any
 from schemas.models import CompletionJob, Provider, TokenCounts
 from worker.failures import JobFailure
 from worker.keys.endpoint import Endpoint
-from worker.providers.base import ProviderReply, ProviderRequest
+from worker.providers.base import ProviderReply, ProviderRequest, answered_model
 from worker.providers.common import classify_status, count, error_body, mentions
 from worker.providers.ollama_tools import ollama_messages, ollama_tool_options
 from worker.providers.tool_mapping import (
@@ -79,7 +79,7 @@ class OllamaAdapter:
             finish = normalised_finish(done_reason, OLLAMA_FINISH, calls)
             return Answer(text, finish, calls, structured_answer(job, text, finish, calls))
 
-        return provider_reply(read, usage, raw_usage, done_reason)
+        return provider_reply(read, usage, raw_usage, done_reason, answered_model(body))
 
     def classify_error(self, status: int, headers: dict[str, str], body: bytes) -> JobFailure:
         error = error_body(body).get("error")

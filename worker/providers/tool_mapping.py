@@ -167,7 +167,7 @@ class Answer:
 
 def provider_reply(
     read: Callable[[], Answer], usage: TokenCounts | None, raw_usage: dict[str, Any] | None,
-    provider_finish: str | None,
+    provider_finish: str | None, response_model: str | None = None,
 ) -> ProviderReply:
     """The reply to a billed answer: what ``read`` makes of it or, when its tool calls or structured output
     cannot be used, the reason why; the usage either way."""
@@ -175,6 +175,8 @@ def provider_reply(
         answer = read()
     except UnusableAnswer as problem:
         return ProviderReply(text="", finish_reason=None, usage=usage, raw_usage=raw_usage,
-                             provider_finish_reason=provider_finish, unusable=str(problem))
+                             provider_finish_reason=provider_finish, unusable=str(problem),
+                             response_model=response_model)
     return ProviderReply(text=answer.text, finish_reason=answer.finish_reason, usage=usage, raw_usage=raw_usage,
-                         provider_finish_reason=provider_finish, tool_calls=answer.tool_calls, parsed=answer.parsed)
+                         provider_finish_reason=provider_finish, tool_calls=answer.tool_calls, parsed=answer.parsed,
+                         response_model=response_model)
