@@ -33,7 +33,7 @@ from schemas.models import (
     UsageEvent,
     storable,
 )
-from worker.failures import InvalidJob, JobFailure, RetryableFailure
+from worker.failures import CallDeferred, InvalidJob, JobFailure, RetryableFailure
 from worker.jobs.call_hooks import CallHook, ProviderCall
 from worker.jobs.metrics import WorkerMetrics
 from worker.jobs.retry import DelayQueue, GiveUp, RetryPolicy, WaitInline, decide
@@ -219,6 +219,9 @@ class JobRunner:
                 call_started = time.perf_counter()
                 call = ProviderCall(job, str(uuid.uuid4()), endpoint)
                 reply = await self._hooked_call(call, adapter, api_key)
+            except CallDeferred as deferred:
+                # A hook held the call back (in-flight cap, budget store unreachable): no call, no attempt.
+                return RetryLater(deferred.delay_s, attempts, first_seen, short_reason(deferred.reason))
             except JobFailure as failure:
                 # A failure while unsealing made no provider call: it is not an attempt.
                 called = unsealed and made_call(failure)

@@ -18,11 +18,13 @@ import structlog
 from aio_pika.abc import AbstractQueue
 from httpx_aiohttp import AiohttpTransport
 
+from worker.aggregator.pricing import load_prices
 from worker.broker.connection import BrokerSupervisor, Link
 from worker.broker.names import Topology
 from worker.broker.outbox import Outbox
 from worker.broker.publisher import Publisher
 from worker.broker.topology import check_topology, declare_topology, topology_spec
+from worker.budgets.guard import BudgetGuard, FailMode
 from worker.jobs.call_records import CallRecorder
 from worker.jobs.consumer import JobConsumer
 from worker.jobs.health import HealthServer, HealthState
@@ -57,6 +59,7 @@ class Worker:
         self._consumer_tag: str | None = None
         self.health: HealthServer | None = None
         self.ready = asyncio.Event()
+        self.budgets: BudgetGuard | None = None
 
     @property
     def connections(self) -> int:
@@ -94,11 +97,18 @@ class Worker:
         self.health = HealthServer(settings.metrics_listen, HealthState(self._connected, self._consuming),
                                    self.metrics)
         await self.health.start()
+        self.budgets = BudgetGuard(
+            settings.store_url.get_secret_value(), load_prices(settings.prices_file),
+            lease_s=settings.budget_lease_s, refresh_s=settings.budget_refresh_s,
+            fail_mode=FailMode(settings.budget_fail_mode),
+        )
+        await self.budgets.start()
         runner = JobRunner(RetryPolicy.from_settings(settings), allowed_hosts=settings.allowed_hosts,
                            decryptor=decryptor, http=http, cache=self.cache, metrics=self.metrics,
                            call_timeout_s=settings.provider_call_timeout_s,
-                           call_hooks=[CallRecorder(self.outbox, self.names.usage_exchange)]
-                           if settings.call_records else [])
+                           # The budget's reservation first: a refused call makes no call-started record.
+                           call_hooks=[self.budgets.hook, *([CallRecorder(self.outbox, self.names.usage_exchange)]
+                                                           if settings.call_records else [])])
         try:
             await self.broker.run(stop, functools.partial(self._consume, runner), self._lost)
         finally:
@@ -109,6 +119,7 @@ class Worker:
             await decryptor.aclose()
             await tokens.aclose()
             await self.health.stop()
+            await self.budgets.close()
             log.info("worker.stopped")
 
     async def _consume(self, runner: JobRunner, link: Link) -> None:
