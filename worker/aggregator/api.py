@@ -13,6 +13,7 @@ from aiohttp import web
 
 from schemas.models import IDENTIFIER_PATTERN
 from worker.aggregator.alerts import AlertKind
+from worker.aggregator.budget_routes import BudgetRoutes, budgets_of
 from worker.aggregator.consumption import (
     DEFAULT_UNREPORTED_GRACE_S,
     QueryError,
@@ -25,6 +26,7 @@ from worker.aggregator.metrics import AggregatorMetrics
 from worker.aggregator.openapi import openapi_document
 from worker.aggregator.pricing import PriceTable
 from worker.aggregator.store import Store
+from worker.budgets.admin import BudgetAdmin
 from worker.settings import split_listen
 
 log = structlog.get_logger("byok.aggregator")
@@ -83,9 +85,10 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 class AggregatorApi:
     def __init__(
         self, store: Store, prices: PriceTable, metrics: AggregatorMetrics, state: ApiState,
-        *, unreported_grace_s: float = DEFAULT_UNREPORTED_GRACE_S,
+        *, unreported_grace_s: float = DEFAULT_UNREPORTED_GRACE_S, budgets: BudgetAdmin | None = None,
     ) -> None:
         self._unreported_grace_s = unreported_grace_s
+        self._budgets = budgets
         self._store = store
         self._prices = prices
         self._metrics = metrics
@@ -95,6 +98,11 @@ class AggregatorApi:
         app = web.Application(middlewares=[_errors])
         app.router.add_get("/v1/workspaces/{workspace_id}/consumption", self.consumption)
         app.router.add_get("/v1/workspaces/{workspace_id}/anomalies", self.anomalies)
+        if self._budgets is not None:
+            budgets = BudgetRoutes(self._budgets)
+            app.router.add_get("/v1/workspaces/{workspace_id}/budgets", budgets.get)
+            app.router.add_put("/v1/workspaces/{workspace_id}/budgets", budgets.put)
+            app.router.add_delete("/v1/workspaces/{workspace_id}/budgets", budgets.delete)
         app.router.add_get("/healthz", self.health)
         app.router.add_get("/metrics", self.metrics)
         app.router.add_get("/openapi.json", self.openapi)
@@ -110,6 +118,8 @@ class AggregatorApi:
             group_by=parse_group_by(group_values),
             unreported_grace_s=self._unreported_grace_s,
         )
+        if self._budgets is not None:
+            result["budgets"] = await budgets_of(self._budgets, result["workspace_id"])
         return _json(result)
 
     async def anomalies(self, request: web.Request) -> web.Response:

@@ -27,6 +27,7 @@ from worker.broker.connection import BrokerSupervisor, Link
 from worker.broker.names import Topology
 from worker.broker.publisher import Publisher
 from worker.broker.topology import aggregator_topology, declare_topology
+from worker.budgets.admin import BudgetAdmin
 
 log = structlog.get_logger("byok.aggregator")
 
@@ -114,11 +115,13 @@ async def run_aggregator(
         store = await Store.open(settings.store_url.get_secret_value())
         stack.push_async_callback(store.close)
         alerts = AlertPublisher(store, names.alerts_exchange, metrics, lease_s=settings.alert_claim_s)
-        detector = AnomalyDetector(store, AnomalyRules(settings, prices), settings)
+        budgets = BudgetAdmin(store.writer, prices)
+        detector = AnomalyDetector(store, AnomalyRules(settings, prices), settings, budgets)
         handlers = BatchHandlers(store, detector, metrics, alerts.kick)
         api = ApiServer(settings.api_listen, AggregatorApi(
             store, prices, metrics, ApiState(lambda: broker.connected, lambda: broker.alive and current.consuming()),
             unreported_grace_s=settings.unreported_grace_s,
+            budgets=budgets,
         ))
         await api.start()
         stack.push_async_callback(api.stop)
