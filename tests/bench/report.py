@@ -144,6 +144,14 @@ def _p6(results: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def _p7(results: dict[str, Any]) -> list[Row]:
+    p7 = results.get("P7")
+    if p7 is None:
+        return []
+    return [Row("P7", "throughput with a block budget on every workspace / without (jobs/s with, without)",
+                f"{p7['ratio']:.2f} ({_f(p7['with'])}, {_f(p7['without'])})", "reference", None)]
+
+
 def _p9(results: dict[str, Any]) -> list[Row]:
     p9 = results.get("P9")
     if p9 is None:
@@ -165,7 +173,7 @@ def _p9(results: dict[str, Any]) -> list[Row]:
 
 def rows(results: dict[str, Any]) -> list[Row]:
     return [*_p1(results), *_p2(results), *_p3(results), *_p4(results), *_p5(results), *_p6(results),
-            *_p9(results)]
+            *_p7(results), *_p9(results)]
 
 
 def table(found: list[Row]) -> str:
@@ -295,6 +303,10 @@ def markdown(results: dict[str, Any], found: list[Row], profiling: Path) -> str:
         "and until the last of them is done.",
         f"- **P6** `worker.aggregator.bench.bench_ingest(store_url, {z['p6_events']})` on a SQLite file and on the "
         "local PostgreSQL (throwaway schema).",
+        f"- **P7** P1's load ({z.get('p7_jobs', 0):,} jobs, prefetch {z['p1_prefetch']}) on a worker whose 16 "
+        "workspaces each have a block budget that is never reached (every call reserved and settled in a SQLite "
+        "store), against the same worker with no budget; they alternate "
+        f"{z.get('p7_rounds', 0)} times and the median of each counts.",
         f"- **P9** what provider-call records cost (one more confirmed publish per provider call, before it): "
         f"P1's setup ({z.get('p9_jobs', 0):,} jobs, instant simulator, prefetch {z['p1_prefetch']}) with "
         "`BYOK_CALL_RECORDS=false` and with the default (on), alternating "
