@@ -237,6 +237,11 @@ def details(results: dict[str, Any]) -> str:
         lines.append("P3 clients: " + "; ".join(
             f"{name} {found.get('cpu_ms_per_call', float('nan')):.2f} ms CPU/call, "
             f"{found.get('calls_per_s', float('nan')):,.0f} calls/s" for name, found in clients.items()))
+    p7 = results.get("P7")
+    if p7 is not None:
+        lines.append("P7 rounds (jobs/s without budgets, with): " + "; ".join(
+            f"{w:,.0f}, {b:,.0f}" for w, b in p7["rounds"]) + f" (median of each counts); worker CPU per job "
+            f"{p7['worker_cpu_ms']['without']:.2f} ms without, {p7['worker_cpu_ms']['with']:.2f} ms with")
     if "elapsed_s" in results:
         lines.append(f"whole run: {results['elapsed_s']:.0f} s; load average before "
                      f"{results['load_before'][0]:.2f}, after {results['load_after'][0]:.2f}"

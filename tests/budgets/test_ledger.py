@@ -66,6 +66,9 @@ async def test_reserve_settle_release_and_usage_replacing_a_settled_call(store_u
         assert round((await _status(db, budget)).spent_usd, 9) == 0.3
         assert isinstance(await _reserve(db, "c4", 0.71), ledger.Refused)
         assert isinstance(await _reserve(db, "c5", 0.7), ledger.Admitted)
+        # Pruning drops c1 (its usage counts instead) and nothing that still counts.
+        assert await db.run(partial(ledger.prune, before=datetime.now(UTC) - timedelta(days=40)), write=True) == 1
+        assert round((await _status(db, budget)).spent_usd + (await _status(db, budget)).reserved_usd, 9) == 1.0
     finally:
         await store.close()
         await db.close()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -37,6 +38,9 @@ log = structlog.get_logger("byok.budgets")
 
 CAP_WAIT_S = 1.0
 STORE_WAIT_S = 5.0
+PRUNE_EVERY_S = 60.0
+KEEP_S = 35 * 86_400
+"""Reservations older than the longest period (a month) and a few days' margin no longer count anywhere."""
 
 
 class FailMode(StrEnum):
@@ -70,6 +74,7 @@ class BudgetGuard:
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._view: Mapping[str, tuple[Budget, ...]] | None = None
         self._migrated = False
+        self._pruned_at = 0.0
         self._live: dict[str, float] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self.round_trips = 0
@@ -106,6 +111,13 @@ class BudgetGuard:
         for budget in budgets:
             view[budget.workspace_id] = (*view.get(budget.workspace_id, ()), budget)
         self._view = view
+        if view and time.monotonic() - self._pruned_at >= PRUNE_EVERY_S:
+            self._pruned_at = time.monotonic()
+            before = datetime.now(UTC) - timedelta(seconds=KEEP_S)
+            try:
+                await self._db.run(partial(ledger.prune, before=before), write=True)
+            except StoreError as exc:
+                log.warning("budgets.prune_failed", error=str(exc))
 
     async def _renew(self) -> None:
         if not self._live:

@@ -200,5 +200,13 @@ def renew(sql: Sql, call_ids: Sequence[str], until: datetime) -> None:
                     f"WHERE state = ? AND call_id IN ({marks})", (us(until), LIVE, *chunk))
 
 
+def prune(sql: Sql, before: datetime) -> int:
+    """Deletes reservations that no longer count: their usage event arrived (it counts instead), or they were
+    made before ``before`` (a period that is over). Keeps the reads of ``budget_status`` short."""
+    gone = sql.execute("DELETE FROM budget_reservations WHERE EXISTS "
+                       "(SELECT 1 FROM usage_events u WHERE u.event_id = budget_reservations.call_id)")
+    return gone + sql.execute("DELETE FROM budget_reservations WHERE created_at_us < ?", (us(before),))
+
+
 def statuses(sql: Sql, budgets: Sequence[Budget], prices: PriceTable, now: datetime) -> list[BudgetStatus]:
     return [budget_status(sql, budget, prices, now) for budget in budgets]
