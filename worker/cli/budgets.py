@@ -24,6 +24,8 @@ from worker.cli.common import configured_settings
 from worker.settings import ConsumptionSettings, describe_errors
 
 USAGE_EXIT = 2
+_EPILOG = ("settings: BYOK_STORE_URL (the aggregator's store), BYOK_PRICES_FILE. "
+           "exit codes: 0 done, 1 store failure or no such budget, 2 invalid arguments")
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -43,10 +45,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "budgets", help="spend limits and in-flight caps per workspace or automation",
         description="Budgets live in the consumption store (BYOK_STORE_URL); workers enforce block budgets before "
                     "every provider call and pick up changes within BYOK_BUDGET_REFRESH_S.",
-        epilog="exit codes: 0 done, 1 store failure or no such budget, 2 invalid arguments",
+        epilog=_EPILOG,
     )
     verbs = budgets.add_subparsers(dest="verb", required=True, metavar="VERB", parser_class=OneLineParser)
-    put = verbs.add_parser("set", help="create or replace a budget")
+    put = verbs.add_parser(
+        "set", help="create or replace a budget", epilog=_EPILOG,
+        description="Creates or replaces the budget of a workspace (or of one automation of it): a limit in USD per "
+                    "UTC month or day, block or alert, and/or a cap on provider calls in flight across all workers.",
+    )
     put.add_argument("workspace")
     put.add_argument("--automation", help="only this automation of the workspace")
     put.add_argument("--limit-usd", dest="limit_usd", type=float, help="the most the period may cost (USD, > 0)")
@@ -58,11 +64,19 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                      help="at most this many provider calls at once, across all workers (>= 1)")
     put.add_argument("--json", action="store_true")
     put.set_defaults(func=set_command)
-    show = verbs.add_parser("list", help="budgets with what is spent and reserved this period")
+    show = verbs.add_parser(
+        "list", help="budgets with what is spent and reserved this period", epilog=_EPILOG,
+        description="Lists budgets (of one workspace, or all) with what is spent and reserved in the current period, "
+                    "the calls in flight and when the period resets.",
+    )
     show.add_argument("workspace", nargs="?")
     show.add_argument("--json", action="store_true")
     show.set_defaults(func=list_command)
-    drop = verbs.add_parser("delete", help="remove a budget")
+    drop = verbs.add_parser(
+        "delete", help="remove a budget", epilog=_EPILOG,
+        description="Removes the budget of a workspace (or, with --automation, of one automation); workers stop "
+                    "enforcing it within BYOK_BUDGET_REFRESH_S.",
+    )
     drop.add_argument("workspace")
     drop.add_argument("--automation")
     drop.set_defaults(func=delete_command)
