@@ -7,10 +7,15 @@ import asyncio
 import time
 from pathlib import Path
 
+import orjson
+
 from schemas.models import Provider
 from tests.broker import broker_tap, byok, publish_jobs, running
 from tests.budgets.helpers import job, write_prices
 from tests.conftest import Sealer
+from tests.waiting import wait_until
+from worker.aggregator.pricing import load_prices
+from worker.budgets.admin import BudgetAdmin
 from worker.jobs.service import Worker
 from worker.settings import Settings
 from worker.testing.simulator import ProviderSimulator
@@ -61,3 +66,37 @@ async def test_budget_changes_apply_within_the_refresh_and_refused_jobs_replay_a
         byok(settings, "budgets", "delete", "ws-live", extra_env=env)
         listed = byok(settings, "budgets", "list", "ws-live", extra_env=env).stdout.decode()
         assert listed.strip() == "no budgets"
+
+
+async def test_a_live_worker_keeps_its_reservation_for_a_call_longer_than_the_lease(
+    settings: Settings, simulator: ProviderSimulator, seal: Sealer, sqlite_url: str, tmp_path: Path
+) -> None:
+    lease_s = 1.0
+    prices_file = write_prices(tmp_path / "prices.json")
+    env = {"BYOK_STORE_URL": sqlite_url, "BYOK_PRICES_FILE": prices_file}
+    byok(settings, "budgets", "set", "ws-long", "--limit-usd", "5", extra_env=env)
+    config = settings.model_copy(update={"store_url": settings.store_url.__class__(sqlite_url),
+                                         "prices_file": prices_file, "budget_lease_s": lease_s})
+    base_url = simulator.base_url(Provider.OPENAI)
+    model = {"provider": "openai", "name": "gpt-4o-mini", "base_url": base_url,
+             "sealed_key": seal("ws-long", KEY, Provider.OPENAI, base_url)}
+    simulator.latency_s = 6 * lease_s  # one call six leases long
+    async with running(Worker(config)), broker_tap(settings) as tap:
+        await publish_jobs(settings, [job("long", "ws-long", model)])
+        await wait_until(lambda: len(simulator.ledger.requests()) == 1, what="the call to start")
+        await asyncio.sleep(2.5 * lease_s)  # the lease must run out (and be renewed) while the call goes on
+        admin = await BudgetAdmin.open(sqlite_url, load_prices(prices_file), migrate_schema=False)
+        try:
+            (held,) = await admin.list("ws-long")
+        finally:
+            await admin.close()
+        assert held.in_flight == 1 and held.reserved_usd > 0 and held.spent_usd == 0, held
+        await tap.wait_for(lambda: len(tap.results) == 1, timeout_s=20)
+    after = orjson.loads(byok(settings, "budgets", "list", "ws-long", "--json", extra_env=env).stdout)
+    assert tap.result_for("long")["status"] == "succeeded"
+    assert after[0]["in_flight"] == 0 and after[0]["reserved_usd"] == 0 and after[0]["spent_usd"] > 0
+    table = byok(settings, "consumption", "ws-long", extra_env=env).stdout.decode()
+    assert f"Budget ws-long (block, month): $5.000000; spent ${after[0]['spent_usd']:,.6f}, reserved $0.000000" \
+        in table, table
+    as_json = orjson.loads(byok(settings, "consumption", "ws-long", "--json", extra_env=env).stdout)
+    assert as_json["budgets"] == after
