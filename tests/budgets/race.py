@@ -1,6 +1,7 @@
-"""The race: 4 worker processes, prefetch 200 each, 3,000 jobs of one workspace against a block budget worth
-about 500 of them. What the provider billed, priced, never exceeds the budget; >= 90 % of it is used; every
-other job ends ``budget_exceeded``; nothing stays reserved. On SQLite (one host) and on PostgreSQL."""
+"""The race, shared by ``test_race_sqlite`` and ``test_race_postgresql`` (one file each, so each stays under a
+minute): 4 worker processes, prefetch 200 each, 3,000 jobs of one workspace against a block budget worth about
+500 of them. What the provider billed, priced, never exceeds the budget; >= 90 % of it is used; every other job
+ends ``budget_exceeded``; nothing stays reserved."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ PREFETCH = 200
 WORTH = 500
 
 
-async def test_concurrent_workers_never_overshoot_a_block_budget(
+async def race(
     settings: Settings, simulator: ProviderSimulator, seal: Sealer, store_url: str, tmp_path: Path
 ) -> None:
     prices_file = write_prices(tmp_path / "prices.json")
