@@ -47,6 +47,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                     "every provider call and pick up changes within BYOK_BUDGET_REFRESH_S.",
         epilog=_EPILOG,
     )
+    budgets.__class__ = OneLineParser  # made by the top-level parser's own class: its errors one line too
     verbs = budgets.add_subparsers(dest="verb", required=True, metavar="VERB", parser_class=OneLineParser)
     put = verbs.add_parser(
         "set", help="create or replace a budget", epilog=_EPILOG,
