@@ -6,6 +6,7 @@ ends ``budget_exceeded``; nothing stays reserved."""
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from pathlib import Path
 
@@ -31,6 +32,7 @@ JOBS = 3000
 WORKERS = 4
 PREFETCH = 200
 WORTH = 500
+REFUSAL = re.compile(r"spent \$([0-9.]+), reserved \$([0-9.]+)")
 
 
 async def race(
@@ -80,16 +82,23 @@ async def race(
     assert all(r["error"]["code"] == "budget_exceeded" and r["attempts"] == 0 for r in refused), refused[:3]
     assert "resets" in refused[0]["error"]["message"] and f"limit ${limit:.6f}" in refused[0]["error"]["message"]
     assert {d.headers.get("x-byok-error") for d in tap.dead} == {"budget_exceeded"}
+    # Each refusal says what was spent and reserved when it was decided: the budget was full by then.
+    held_at_refusal = [float(spent) + float(reserved) for r in refused
+                       for spent, reserved in REFUSAL.findall(r["error"]["message"])]
+    assert len(held_at_refusal) == len(refused)
+    fullest_first = min(held_at_refusal)
     billed = billed_usd(simulator, prices)
     calls = len(simulator.ledger.billed())
     overshoot = max(0.0, billed - limit)
     print(f"\nrace [{store_url.split(':')[0]}]: jobs {JOBS}, budget ${limit:.6f} (worth {WORTH} worst cases), "
           f"billed ${billed:.6f} ({billed / limit:.1%}, {calls} calls), refused {len(refused)}, "
           f"overshoot ${overshoot:.6f}, reserved at the end ${status.reserved_usd:.6f}, "
-          f"spent in store ${status.spent_usd:.6f}, {elapsed:.1f} s")
+          f"spent in store ${status.spent_usd:.6f}; at every refusal spent + reserved was >= "
+          f"{fullest_first / limit:.1%} of the budget; {elapsed:.1f} s")
     assert calls == len(succeeded)
     assert billed <= limit, f"overshoot: billed ${billed} against a ${limit} budget"
     assert billed >= 0.9 * limit, f"only {billed / limit:.1%} of the budget used"
+    assert fullest_first >= 0.9 * limit, "a job was refused before 90 % of the budget was spent or reserved"
     assert len(succeeded) + len(refused) == JOBS and len(refused) > 0
     assert status.reserved_usd == 0
     assert abs(status.spent_usd - billed) < 1e-9
