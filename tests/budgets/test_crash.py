@@ -43,7 +43,7 @@ async def test_a_killed_workers_reservations_expire_into_spend_after_the_lease(
     admin = await BudgetAdmin.open(store_url, prices, migrate_schema=True)
     try:
         await admin.set(Budget(workspace_id=WORKSPACE, limit_usd=limit))
-        simulator.latency_s = 15.0  # every call hangs until the worker is gone (the kill comes within seconds)
+        simulator.latency_s = 8.0  # every call hangs until the worker is gone (the kill comes within seconds)
         doomed = start_worker(settings, **env)
         async with broker_tap(settings) as tap:
             await publish_jobs(settings, bodies)

@@ -95,7 +95,10 @@ class BudgetGuard:
         assert callable(work)
         while True:
             await asyncio.sleep(period_s)
-            await work()
+            try:
+                await work()
+            except Exception:
+                log.exception("budgets.background_failed", work=getattr(work, "__name__", "?"))
 
     async def refresh(self) -> None:
         """Reads which workspaces have budgets; keeps the last view when the store cannot be read."""
