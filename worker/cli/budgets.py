@@ -10,7 +10,6 @@ import argparse
 import asyncio
 import sys
 from datetime import UTC, datetime
-from typing import NoReturn
 
 import orjson
 from pydantic import ValidationError
@@ -28,14 +27,6 @@ _EPILOG = ("settings: BYOK_STORE_URL (the aggregator's store), BYOK_PRICES_FILE.
            "exit codes: 0 done, 1 store failure or no such budget, 2 invalid arguments")
 
 
-class OneLineParser(argparse.ArgumentParser):
-    """A usage error is one line on stderr, exit status 2."""
-
-    def error(self, message: str) -> NoReturn:
-        print(f"{self.prog}: {message}", file=sys.stderr)
-        sys.exit(USAGE_EXIT)
-
-
 class InputError(ValueError):
     pass
 
@@ -47,8 +38,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                     "every provider call and pick up changes within BYOK_BUDGET_REFRESH_S.",
         epilog=_EPILOG,
     )
-    budgets.__class__ = OneLineParser  # made by the top-level parser's own class: its errors one line too
-    verbs = budgets.add_subparsers(dest="verb", required=True, metavar="VERB", parser_class=OneLineParser)
+    verbs = budgets.add_subparsers(dest="verb", required=True, metavar="VERB")
+    show = verbs.add_parser(
+        "list", help="budgets with what is spent and reserved this period", epilog=_EPILOG,
+        description="Lists budgets (of one workspace, or all) with what is spent and reserved in the current period, "
+                    "the calls in flight and when the period resets.",
+    )
+    show.add_argument("workspace", nargs="?")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(func=list_command)
     put = verbs.add_parser(
         "set", help="create or replace a budget", epilog=_EPILOG,
         description="Creates or replaces the budget of a workspace (or of one automation of it): a limit in USD per "
@@ -65,14 +63,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                      help="at most this many provider calls at once, across all workers (>= 1)")
     put.add_argument("--json", action="store_true")
     put.set_defaults(func=set_command)
-    show = verbs.add_parser(
-        "list", help="budgets with what is spent and reserved this period", epilog=_EPILOG,
-        description="Lists budgets (of one workspace, or all) with what is spent and reserved in the current period, "
-                    "the calls in flight and when the period resets.",
-    )
-    show.add_argument("workspace", nargs="?")
-    show.add_argument("--json", action="store_true")
-    show.set_defaults(func=list_command)
     drop = verbs.add_parser(
         "delete", help="remove a budget", epilog=_EPILOG,
         description="Removes the budget of a workspace (or, with --automation, of one automation); workers stop "

@@ -229,8 +229,7 @@ class JobRunner:
                     attempts += 1
                 if failure.retryable:
                     transient_failures += 1
-                if failure.code is ErrorCode.AUTH_FAILED and job.model.sealed_key:
-                    self._cache.evict(binding_b64(job.workspace_id, endpoint), job.model.sealed_key)
+                self._forget_refused_key(job, endpoint, failure)
                 decision = decide(
                     failure, provider_called=called, attempts=attempts,
                     transient_failures=transient_failures, now=datetime.now(UTC), deadline=job.deadline,
@@ -249,6 +248,11 @@ class JobRunner:
                         return self._failed(job, failure, attempts, started)
             attempts += 1
             return self._succeeded(call, reply, attempts, started, call_started)
+
+    def _forget_refused_key(self, job: CompletionJob, endpoint: Endpoint, failure: JobFailure) -> None:
+        """A key the provider refused (revoked, rotated) is unsealed again next time, not served from cache."""
+        if failure.code is ErrorCode.AUTH_FAILED and job.model.sealed_key:
+            self._cache.evict(binding_b64(job.workspace_id, endpoint), job.model.sealed_key)
 
     async def _unseal(self, job: CompletionJob, endpoint: Endpoint) -> SecretStr:
         sealed = job.model.sealed_key
