@@ -81,4 +81,5 @@ async def test_a_killed_workers_reservations_expire_into_spend_after_the_lease(
     results = [orjson.loads(r.body) for r in tap.results]
     assert {r["status"] for r in results} == {"succeeded"}
     assert final.reserved_usd == 0
-    assert billed_usd(simulator, prices) + final.spent_usd - held.reserved_usd <= limit
+    # The dead worker's calls may be billed too (the provider answers a caller that left): still within.
+    assert billed_usd(simulator, prices) <= final.spent_usd <= limit
