@@ -11,6 +11,16 @@ from typing import Any, ClassVar, Self
 from schemas.models import ErrorCode
 
 
+class CallDeferred(Exception):
+    """Not a failure: the provider call must wait (a workspace at its in-flight cap, the budget store out of
+    reach). The job goes through the delay queue for ``delay_s`` and no attempt is counted."""
+
+    def __init__(self, reason: str, *, delay_s: float = 1.0) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.delay_s = delay_s
+
+
 class JobFailure(Exception):
     """The job ends ``failed`` with this code; retrying the same job will not change that."""
 

@@ -153,10 +153,17 @@ class TopologySettings(ProcessSettings):
     delivery_limit: int = Field(default=5, ge=1, description="quorum queue x-delivery-limit for byok.jobs")
 
 
-class WorkerSettings(TopologySettings, VaultSettings, StoreSettings):
-    """``byok worker``. ``BYOK_STORE_URL`` is here, from ``StoreSettings`` (one definition, shared with the
-    aggregator), though the worker does not open the store yet: budgets, enforced by the worker before each
-    provider call, will read spend from it."""
+class WorkerSettings(TopologySettings, VaultSettings, ConsumptionSettings):
+    """``byok worker``. ``BYOK_STORE_URL`` and ``BYOK_PRICES_FILE`` are the aggregator's (one definition,
+    shared): the worker reserves budgets in that store and prices calls with that table."""
+
+    budget_lease_s: float = Field(
+        default=60.0, gt=0, description="a reservation of a worker that stops renewing it counts as spent after this"
+    )
+    budget_refresh_s: float = Field(
+        default=2.0, gt=0, description="a new or changed budget reaches the worker within this many seconds"
+    )
+    budget_fail_mode: Literal["closed", "open"] = "closed"
 
     prefetch: int = Field(default=64, ge=1, le=65535)
     declare_topology: bool = Field(

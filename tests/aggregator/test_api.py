@@ -21,6 +21,7 @@ from worker.aggregator.metrics import AggregatorMetrics
 from worker.aggregator.openapi import openapi_document
 from worker.aggregator.pricing import PriceTable
 from worker.aggregator.store import Store
+from worker.budgets.admin import BudgetAdmin
 
 
 class Flags:
@@ -125,8 +126,9 @@ async def test_openapi_documents_every_route_and_resolves_every_ref(api: tuple[s
     assert status == 200
     assert doc == openapi_document()
     assert doc["openapi"].startswith("3.1")
-    app = AggregatorApi(store, PriceTable.__new__(PriceTable), AggregatorMetrics(),
-                        ApiState(lambda: True, lambda: True)).app()
+    prices = PriceTable.__new__(PriceTable)
+    app = AggregatorApi(store, prices, AggregatorMetrics(), ApiState(lambda: True, lambda: True),
+                        budgets=BudgetAdmin(store.writer, prices)).app()
     routes = {resource.canonical for resource in app.router.resources()}
     assert routes == set(doc["paths"])
     schemas = doc["components"]["schemas"]

@@ -144,6 +144,14 @@ def _p6(results: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def _p7(results: dict[str, Any]) -> list[Row]:
+    p7 = results.get("P7")
+    if p7 is None:
+        return []
+    return [Row("P7", "throughput with a block budget on every workspace / without (jobs/s with, without)",
+                f"{p7['ratio']:.2f} ({_f(p7['with'])}, {_f(p7['without'])})", "reference", None)]
+
+
 def _p8(results: dict[str, Any]) -> list[Row]:
     p8 = results.get("P8")
     if p8 is None:
@@ -174,7 +182,7 @@ def _p9(results: dict[str, Any]) -> list[Row]:
 
 def rows(results: dict[str, Any]) -> list[Row]:
     return [*_p1(results), *_p2(results), *_p3(results), *_p4(results), *_p5(results), *_p6(results),
-            *_p8(results), *_p9(results)]
+            *_p7(results), *_p8(results), *_p9(results)]
 
 
 def table(found: list[Row]) -> str:
@@ -192,7 +200,7 @@ def markdown_table(found: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def details(results: dict[str, Any]) -> str:
+def details(results: dict[str, Any]) -> str:  # noqa: C901  (one block per benchmark)
     lines = []
     for key, label in (("P1_bare", "P1 bare loop"), ("P1_worker", "P1 worker"), ("P2", "P2 worker")):
         found = results.get(key)
@@ -238,6 +246,11 @@ def details(results: dict[str, Any]) -> str:
         lines.append("P3 clients: " + "; ".join(
             f"{name} {found.get('cpu_ms_per_call', float('nan')):.2f} ms CPU/call, "
             f"{found.get('calls_per_s', float('nan')):,.0f} calls/s" for name, found in clients.items()))
+    p7 = results.get("P7")
+    if p7 is not None:
+        lines.append("P7 rounds (jobs/s without budgets, with): " + "; ".join(
+            f"{w:,.0f}, {b:,.0f}" for w, b in p7["rounds"]) + f" (median of each counts); worker CPU per job "
+            f"{p7['worker_cpu_ms']['without']:.2f} ms without, {p7['worker_cpu_ms']['with']:.2f} ms with")
     p8 = results.get("P8")
     if p8 is not None:
         rounds = p8["rounds"]
@@ -314,6 +327,10 @@ def markdown(results: dict[str, Any], found: list[Row], profiling: Path) -> str:
         "and until the last of them is done.",
         f"- **P6** `worker.aggregator.bench.bench_ingest(store_url, {z['p6_events']})` on a SQLite file and on the "
         "local PostgreSQL (throwaway schema).",
+        f"- **P7** P1's load ({z.get('p7_jobs', 0):,} jobs, prefetch {z['p1_prefetch']}) on a worker whose 16 "
+        "workspaces each have a block budget that is never reached (every call reserved and settled in a SQLite "
+        "store), against the same worker with no budget; they alternate "
+        f"{z.get('p7_rounds', 0)} times and the median of each counts.",
         f"- **P8** P1's load ({z.get('p8_jobs', 0):,} jobs, prefetch {z['p1_prefetch']}, instant simulator) on a "
         "worker without `OTEL_*` and on one with `OTEL_EXPORTER_OTLP_ENDPOINT` set to `tests/otlp.py`'s receiver "
         "(its own process, decoding every request), alternated "

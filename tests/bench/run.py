@@ -35,6 +35,9 @@ from tests.bench.loop import fast_run, quiet_gc
 from tests.bench.procstat import CpuProbe, find_pid, machine, memory_mb
 from tests.bench.stack import Simulator, Stack, metric_sum, new_prefix, scrape, stack, stop_process
 from tests.processes import wait_ready
+from worker.aggregator.pricing import load_prices
+from worker.budgets.admin import BudgetAdmin
+from worker.budgets.rules import Budget
 from worker.testing.devstack import free_port, wait_for_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,11 +61,14 @@ P5_SECONDS = 8.0
 P5_COLD_AT_S = 2.0
 P5_PACED_S = 4.0
 P6_EVENTS = 20_000
-ALL = ("P1", "P2", "P3", "P4", "P5", "P6", "P8", "P9")
+ALL = ("P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8", "P9")
 P8_JOBS = 5_000
 P8_ROUNDS = 3
 P9_JOBS = 6_000
 P9_ROUNDS = 3
+P7_JOBS = 5_000
+P7_ROUNDS = 2
+P7_LIMIT_USD = 1e9
 PG_URL = os.environ.get("BENCH_PG_URL", "postgresql://127.0.0.1:5432/test")
 
 
@@ -360,6 +366,30 @@ async def call_records_cost(services: Stack, sim: Simulator) -> dict[str, Any]:
         on_runs.append(await throughput(services, "worker", P9_JOBS, P1_PREFETCH, sim))
     off, on = _median(off_runs), _median(on_runs)
     return {"off": off, "on": on, "rounds": [(a.rate, b.rate) for a, b in zip(off_runs, on_runs, strict=True)]}
+async def budgeted(services: Stack, sim: Simulator) -> dict[str, Any]:
+    """P7: P1's load with a block budget (never reached) on every workspace, against the same without one.
+
+    Both runs have a store (SQLite files in the work directory); without budgets the worker never touches it
+    after start-up. Plain and budgeted alternate; the median of each counts."""
+    budgets_url = f"sqlite:///{services.workdir / 'p7-budgets.db'}"
+    admin = await BudgetAdmin.open(budgets_url, load_prices(None), migrate_schema=True)
+    try:
+        for workspace in WORKSPACES:
+            await admin.set(Budget(workspace_id=workspace, limit_usd=P7_LIMIT_USD))
+    finally:
+        await admin.close()
+    plain_env = {"BYOK_STORE_URL": f"sqlite:///{services.workdir / 'p7-none.db'}"}
+    plain, held = [], []
+    for round_ in range(1, P7_ROUNDS + 1):
+        print(f"bench: P7 round {round_}/{P7_ROUNDS}: without budgets, then with …", file=sys.stderr)
+        plain.append(await throughput(services, "worker", P7_JOBS, P1_PREFETCH, sim, worker_env=plain_env))
+        held.append(await throughput(services, "worker", P7_JOBS, P1_PREFETCH, sim,
+                                     worker_env={"BYOK_STORE_URL": budgets_url}))
+    without, with_ = _median(plain).rate, _median(held).rate
+    return {"without": without, "with": with_, "ratio": with_ / without,
+            "rounds": [(p.rate, h.rate) for p, h in zip(plain, held, strict=True)],
+            "worker_cpu_ms": {"without": _median(plain).cpu_ms_per_job("worker"),
+                              "with": _median(held).cpu_ms_per_job("worker")}}
 
 
 async def run(only: set[str], profile_dir: Path | None, worker_src: Path | None = None) -> dict[str, Any]:
@@ -368,7 +398,8 @@ async def run(only: set[str], profile_dir: Path | None, worker_src: Path | None 
         "sizes": {"p1_jobs": P1_JOBS, "p1_rounds": P1_ROUNDS, "p1_prefetch": P1_PREFETCH, "p2_jobs": P2_JOBS,
                   "p2_prefetch": P2_PREFETCH, "p3_calls": P3_CALLS, "p3_concurrency": P3_CONCURRENCY,
                   "p4_seconds": P4_SECONDS, "p4_latency_ms": P4_LATENCY_MS, "p5_warm_rate": P5_WARM_RATE,
-                  "p5_paced_s": P5_PACED_S, "p6_events": P6_EVENTS, "p8_jobs": P8_JOBS, "p8_rounds": P8_ROUNDS,
+                  "p5_paced_s": P5_PACED_S, "p6_events": P6_EVENTS, "p7_jobs": P7_JOBS, "p7_rounds": P7_ROUNDS,
+                  "p8_jobs": P8_JOBS, "p8_rounds": P8_ROUNDS,
                   "p9_jobs": P9_JOBS, "p9_rounds": P9_ROUNDS},
     }
     with stack() as services:
@@ -406,6 +437,9 @@ async def run(only: set[str], profile_dir: Path | None, worker_src: Path | None 
         if "P6" in only:
             print("bench: P6 aggregator ingest …", file=sys.stderr)
             results["P6"] = await aggregator_ingest(services.workdir)
+        if "P7" in only:
+            print("bench: P7 budgets …", file=sys.stderr)
+            results["P7"] = await budgeted(services, sim)
         if "P9" in only:
             print("bench: P9 provider-call records …", file=sys.stderr)
             results["P9"] = await call_records_cost(services, sim)

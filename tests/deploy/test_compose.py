@@ -117,7 +117,11 @@ def test_setup_runs_before_the_processes(compose: dict[str, Any]) -> None:
                 if script.startswith(target):
                     assert (COMPOSE_PATH.parent / source / Path(script).relative_to(target)).is_file()
     done = {"condition": "service_completed_successfully"}
-    assert services["worker"]["depends_on"] == {"setup": done, "setup-topology": done}
+    # The worker also reserves budgets in the aggregator's PostgreSQL store, so it waits for it too.
+    assert services["worker"]["depends_on"] == {"setup": done, "setup-topology": done,
+                                                "postgres": {"condition": "service_healthy"}}
+    store_urls = {services[name]["environment"]["BYOK_STORE_URL"] for name in ("worker", "aggregator")}
+    assert len(store_urls) == 1, "the workers reserve budgets in the aggregator's store"
     # The topology is declared by its own broker user, after the users exist; the workers' user only checks it.
     topology = services["setup-topology"]
     assert topology["command"] == ["topology", "declare"] and topology["restart"] == "no"

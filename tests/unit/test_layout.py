@@ -17,6 +17,10 @@ LAYERS = (
     ("worker.client",),
     ("worker.keys",),
     ("worker.providers",),
+    # The store's foundations (SQL backends, migrations, plain records, the price table): the worker's
+    # budgets reserve against the same store and price with the same table as the aggregator.
+    ("worker.aggregator.db", "worker.aggregator.migrations", "worker.aggregator.records", "worker.aggregator.pricing"),
+    ("worker.budgets",),
     ("worker.jobs",),
     ("worker.aggregator",),
     ("worker.testing",),

@@ -26,6 +26,7 @@ from worker.aggregator.alerts import Alert, AlertKind, Severity, make_alert
 from worker.aggregator.pricing import PriceTable
 from worker.aggregator.records import HOUR_S, NewModel, UsageRow, from_epoch_s
 from worker.aggregator.settings import AggregatorSettings
+from worker.budgets.ledger import BudgetStatus
 
 WORKSPACE_SCOPE = "*"
 
@@ -219,6 +220,31 @@ class AnomalyRules:
             else:
                 total += cost
         return total, unpriced
+
+    def stored_budget(self, status: BudgetStatus, now: datetime) -> list[Alert]:
+        """Alerts for a budget in the store (``byok budgets``), block or alert, at each ratio of its limit."""
+        budget = status.budget
+        if budget.limit_usd is None:
+            return []
+        window = (budget.period_start(now), budget.resets_at(now))
+        alerts = []
+        for ratio in self._settings.budget_alert_ratios:
+            if status.spent_usd < ratio * budget.limit_usd:
+                continue
+            percent = round(ratio * 100)
+            alerts.append(make_alert(
+                AlertKind.BUDGET, budget.workspace_id, f"{budget.scope}:{budget.period.value}:{percent}pct", window,
+                f"budget {budget.scope} ({budget.action.value}) has spent an estimated ${status.spent_usd:.2f} of "
+                f"${budget.limit_usd:.2f} this {budget.period.value} ({status.spent_usd / budget.limit_usd:.0%}, "
+                f"threshold {percent} %)",
+                {"budget": budget.scope, "automation_id": budget.automation_id, "period": budget.period.value,
+                 "action": budget.action.value, "period_start": window[0].isoformat(),
+                 "budget_usd": budget.limit_usd, "spent_usd": round(status.spent_usd, 6),
+                 "reserved_usd": round(status.reserved_usd, 6), "ratio": round(status.spent_usd / budget.limit_usd, 4),
+                 "threshold_ratio": ratio, "estimate": True},
+                severity=Severity.CRITICAL if ratio >= 1 else Severity.WARNING,
+            ))
+        return alerts
 
     def budget(self, workspace: str, month_start: datetime, spent: float, unpriced: bool) -> list[Alert]:
         budget = self._settings.budget_for(workspace)

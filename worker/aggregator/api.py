@@ -14,6 +14,7 @@ from aiohttp import web
 from schemas.models import IDENTIFIER_PATTERN
 from worker.aggregator.alerts import AlertKind
 from worker.aggregator.auth import auth_middleware, not_found, request_scope
+from worker.aggregator.budget_routes import BudgetRoutes, budgets_of
 from worker.aggregator.consumption import (
     DEFAULT_UNREPORTED_GRACE_S,
     QueryError,
@@ -29,6 +30,7 @@ from worker.aggregator.page import add_page_routes, security_headers
 from worker.aggregator.pricing import PriceTable
 from worker.aggregator.store import Store
 from worker.aggregator.tokens import TokenRegistry
+from worker.budgets.admin import BudgetAdmin
 from worker.settings import split_listen
 
 log = structlog.get_logger("byok.aggregator")
@@ -92,10 +94,11 @@ class AggregatorApi:
     def __init__(
         self, store: Store, prices: PriceTable, metrics: AggregatorMetrics, state: ApiState,
         tokens: TokenRegistry | None = None, *, unreported_grace_s: float = DEFAULT_UNREPORTED_GRACE_S,
-        run_tag: str = DEFAULT_RUN_TAG,
+        run_tag: str = DEFAULT_RUN_TAG, budgets: BudgetAdmin | None = None,
     ) -> None:
         self._unreported_grace_s = unreported_grace_s
         self._run_tag = run_tag
+        self._budgets = budgets
         self._store = store
         self._prices = prices
         self._metrics = metrics
@@ -109,6 +112,11 @@ class AggregatorApi:
         app.router.add_get("/v1/workspaces/{workspace_id}/consumption", self.consumption)
         app.router.add_get("/v1/workspaces/{workspace_id}/drivers", self.drivers)
         app.router.add_get("/v1/workspaces/{workspace_id}/anomalies", self.anomalies)
+        if self._budgets is not None:
+            budgets = BudgetRoutes(self._budgets)
+            app.router.add_get("/v1/workspaces/{workspace_id}/budgets", budgets.get)
+            app.router.add_put("/v1/workspaces/{workspace_id}/budgets", budgets.put)
+            app.router.add_delete("/v1/workspaces/{workspace_id}/budgets", budgets.delete)
         app.router.add_get("/healthz", self.health)
         app.router.add_get("/metrics", self.metrics)
         app.router.add_get("/openapi.json", self.openapi)
@@ -124,6 +132,8 @@ class AggregatorApi:
             group_by=parse_group_by(group_values),
             unreported_grace_s=self._unreported_grace_s,
         )
+        if self._budgets is not None:
+            result["budgets"] = await budgets_of(self._budgets, result["workspace_id"])
         return _json(result)
 
     async def drivers(self, request: web.Request) -> web.Response:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from schemas.models import CompletionResult, UsageEvent
 from worker.aggregator.alerts import Alert
@@ -16,13 +16,17 @@ from worker.aggregator.anomalies import AnomalyRules, BurstCount, month_bounds
 from worker.aggregator.records import HOUR_S, from_epoch_s, hour_of, to_epoch_us
 from worker.aggregator.settings import AggregatorSettings
 from worker.aggregator.store import Store
+from worker.budgets.admin import BudgetAdmin
 
 
 class AnomalyDetector:
-    def __init__(self, store: Store, rules: AnomalyRules, settings: AggregatorSettings) -> None:
+    def __init__(
+        self, store: Store, rules: AnomalyRules, settings: AggregatorSettings, budgets: BudgetAdmin | None = None
+    ) -> None:
         self._store = store
         self.rules = rules
         self._settings = settings
+        self._budgets_admin = budgets
 
     async def after_usage(self, events: Sequence[UsageEvent]) -> list[Alert]:
         if not events:
@@ -30,6 +34,18 @@ class AnomalyDetector:
         alerts = self.rules.disallowed_models(events)
         alerts += await self._spikes(events)
         alerts += await self._budgets(events)
+        alerts += await self._stored_budgets(events)
+        return alerts
+
+    async def _stored_budgets(self, events: Sequence[UsageEvent]) -> list[Alert]:
+        """The budgets of ``byok budgets`` (the env budgets above stay monthly alert budgets beside them)."""
+        if self._budgets_admin is None:
+            return []
+        now = datetime.now(UTC)
+        alerts: list[Alert] = []
+        for workspace in sorted({event.workspace_id for event in events}):
+            for status in await self._budgets_admin.list(workspace):
+                alerts += self.rules.stored_budget(status, now)
         return alerts
 
     async def _spikes(self, events: Sequence[UsageEvent]) -> list[Alert]:

@@ -103,6 +103,37 @@ MIGRATIONS: tuple[Migration, ...] = (
         ),
     ),
     Migration(
+        2,
+        "budgets and their reservations (worker.budgets)",
+        (
+            # automation_id '' is the workspace-wide budget; limit_usd and max_in_flight may each be NULL.
+            """CREATE TABLE budgets (
+                workspace_id TEXT NOT NULL,
+                automation_id TEXT NOT NULL,
+                limit_usd DOUBLE PRECISION,
+                period TEXT NOT NULL,
+                action TEXT NOT NULL,
+                max_in_flight INTEGER,
+                updated_at_us BIGINT NOT NULL,
+                PRIMARY KEY (workspace_id, automation_id)
+            )""",
+            # One row per provider call admitted under a budget or cap (call_id = the usage event's event_id).
+            # state 'live': the call is running, held until lease_until_us; 'settled': the call is over and
+            # amount_usd is its actual cost (or the reserved amount when it may have been billed unreported).
+            """CREATE TABLE budget_reservations (
+                call_id TEXT PRIMARY KEY,
+                workspace_id TEXT NOT NULL,
+                automation_id TEXT NOT NULL,
+                amount_usd DOUBLE PRECISION NOT NULL,
+                state TEXT NOT NULL,
+                holder TEXT NOT NULL,
+                created_at_us BIGINT NOT NULL,
+                lease_until_us BIGINT NOT NULL
+            )""",
+            "CREATE INDEX budget_reservations_workspace ON budget_reservations (workspace_id, created_at_us)",
+        ),
+    ),
+    Migration(
         3,
         "usage shapes: the size of each call's input and its system prompt's fingerprint (cost drivers)",
         (

@@ -91,10 +91,51 @@ def _schemas() -> dict[str, Any]:
                 "currency": {"const": "USD"},
                 "price_table": {"type": "string", "description": "version of the price table used"},
                 "prices_as_of": {"type": "string", "description": "the price table's date (its version)"},
+                "budgets": {"type": "array", "items": {"$ref": "#/components/schemas/BudgetStatus"},
+                            "description": "the workspace's budgets, with what is spent and reserved this period"},
             },
             "required": ["workspace_id", "totals", "rows", "estimate"],
         },
         **_drivers_schemas(),
+        "BudgetInput": {
+            "type": "object", "additionalProperties": False,
+            "description": "a limit, an in-flight cap, or both",
+            "properties": {
+                "automation_id": {"type": ["string", "null"], "pattern": IDENTIFIER_PATTERN,
+                                  "description": "only this automation; absent or null: the whole workspace"},
+                "limit_usd": {"type": ["number", "null"], "exclusiveMinimum": 0},
+                "period": {"enum": ["month", "day"], "default": "month", "description": "UTC calendar period"},
+                "action": {"enum": ["block", "alert"], "default": "block"},
+                "max_in_flight": {"type": ["integer", "null"], "minimum": 1,
+                                  "description": "provider calls at once across all workers"},
+            },
+        },
+        "BudgetStatus": {
+            "type": "object",
+            "properties": {
+                "workspace_id": {"type": "string"},
+                "automation_id": {"type": ["string", "null"]},
+                "limit_usd": {"type": ["number", "null"]},
+                "period": {"enum": ["month", "day"]},
+                "action": {"enum": ["block", "alert"]},
+                "max_in_flight": {"type": ["integer", "null"]},
+                "period_start": {"type": "string", "format": "date-time"},
+                "resets_at": {"type": "string", "format": "date-time"},
+                "spent_usd": {"type": "number", "description": "estimated cost of the period's calls"},
+                "reserved_usd": {"type": "number", "description": "worst-case cost of the calls in flight"},
+                "in_flight": {"type": "integer", "minimum": 0},
+            },
+            "required": ["workspace_id", "automation_id", "limit_usd", "period", "action", "max_in_flight",
+                         "period_start", "resets_at", "spent_usd", "reserved_usd", "in_flight"],
+        },
+        "Budgets": {
+            "type": "object",
+            "properties": {
+                "workspace_id": {"type": "string"},
+                "budgets": {"type": "array", "items": {"$ref": "#/components/schemas/BudgetStatus"}},
+            },
+            "required": ["workspace_id", "budgets"],
+        },
         "Alert": alert_schema,
         "Anomalies": {
             "type": "object",
@@ -267,8 +308,8 @@ def openapi_document() -> dict[str, Any]:
         "info": {
             "title": "byok aggregator API",
             "version": "1",
-            "description": "Consumption (token counts and estimated cost), cost drivers and anomalies per workspace. "
-            "Every /v1 operation needs a bearer token; a token scoped to one workspace gets 404 for others.",
+            "description": "Consumption (token counts and estimated cost), cost drivers, anomalies and budgets per "
+            "workspace. Every /v1 operation needs a bearer token; a token scoped to one workspace gets 404 for others.",
         },
         "security": [{"bearerAuth": []}],
         "paths": _secured({
@@ -350,6 +391,35 @@ def openapi_document() -> dict[str, Any]:
                         "503": _error_response("the store is unavailable"),
                     },
                 }
+            },
+            "/v1/workspaces/{workspace_id}/budgets": {
+                "get": {
+                    "operationId": "listBudgets",
+                    "summary": "A workspace's budgets with what is spent and reserved this period",
+                    "parameters": [_WORKSPACE],
+                    "responses": {"200": _json_response("the budgets", "Budgets"),
+                                  "400": _error_response("a bad parameter"),
+                                  "503": _error_response("the store is unavailable")},
+                },
+                "put": {
+                    "operationId": "setBudget",
+                    "summary": "Create or replace one budget (workers apply it within BYOK_BUDGET_REFRESH_S)",
+                    "parameters": [_WORKSPACE],
+                    "requestBody": {"required": True, "content": {"application/json": {
+                        "schema": {"$ref": "#/components/schemas/BudgetInput"}}}},
+                    "responses": {"200": _json_response("the budgets after the change", "Budgets"),
+                                  "400": _error_response("an invalid budget"),
+                                  "503": _error_response("the store is unavailable")},
+                },
+                "delete": {
+                    "operationId": "deleteBudget",
+                    "summary": "Remove one budget",
+                    "parameters": [_WORKSPACE, {"name": "automation_id", "in": "query", "required": False,
+                                                "schema": {"type": "string", "pattern": IDENTIFIER_PATTERN}}],
+                    "responses": {"200": _json_response("the budgets after the change", "Budgets"),
+                                  "404": _error_response("no such budget"),
+                                  "503": _error_response("the store is unavailable")},
+                },
             },
             "/healthz": {
                 "get": {

@@ -28,6 +28,7 @@ from worker.broker.connection import BrokerSupervisor, Link
 from worker.broker.names import Topology
 from worker.broker.publisher import Publisher
 from worker.broker.topology import aggregator_topology, declare_topology
+from worker.budgets.admin import BudgetAdmin
 from worker.settings import is_loopback
 
 log = structlog.get_logger("byok.aggregator")
@@ -116,13 +117,14 @@ async def run_aggregator(
         store = await Store.open(settings.store_url.get_secret_value())
         stack.push_async_callback(store.close)
         alerts = AlertPublisher(store, names.alerts_exchange, metrics, lease_s=settings.alert_claim_s)
-        detector = AnomalyDetector(store, AnomalyRules(settings, prices), settings)
+        budgets = BudgetAdmin(store.writer, prices)
+        detector = AnomalyDetector(store, AnomalyRules(settings, prices), settings, budgets)
         handlers = BatchHandlers(store, detector, metrics, alerts.kick)
         tokens = TokenRegistry(settings.api_tokens_file) if settings.api_tokens_file else None
         api = ApiServer(settings.api_listen, AggregatorApi(
             store, prices, metrics, ApiState(lambda: broker.connected, lambda: broker.alive and current.consuming()),
             tokens, unreported_grace_s=settings.unreported_grace_s,
-            run_tag=settings.run_tag,
+            run_tag=settings.run_tag, budgets=budgets,
         ))
         await api.start()
         _say_who_may_read(api.url, tokens, settings)

@@ -51,6 +51,11 @@ class Store:
         return store
 
     @property
+    def writer(self) -> Database:
+        """The write connection, shared with the budgets' admin (``worker.budgets.admin``)."""
+        return self._writer
+
+    @property
     def backend(self) -> Backend:
         return self.url.backend
 

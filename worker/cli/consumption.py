@@ -7,7 +7,7 @@ import asyncio
 import re
 import sys
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -18,6 +18,7 @@ from worker.aggregator.db import StoreError
 from worker.aggregator.drivers import drivers
 from worker.aggregator.pricing import load_prices
 from worker.aggregator.store import Store
+from worker.budgets.admin import BudgetAdmin
 from worker.cli.common import configured_settings
 from worker.cli.drivers_table import render_drivers
 from worker.settings import ConsumptionSettings
@@ -67,8 +68,11 @@ async def query_consumption(
     prices = load_prices(settings.prices_file)
     store = await Store.open(settings.store_url.get_secret_value(), migrate_schema=False)
     try:
-        return await consumption(store, prices, workspace, since, until, group_by,
-                                 unreported_grace_s=settings.unreported_grace_s)
+        result = await consumption(store, prices, workspace, since, until, group_by,
+                                   unreported_grace_s=settings.unreported_grace_s)
+        now = datetime.now(UTC)
+        result["budgets"] = [status.as_json(now) for status in await BudgetAdmin(store.writer, prices).list(workspace)]
+        return result
     finally:
         await store.close()
 
@@ -164,6 +168,13 @@ def render_table(result: dict[str, Any]) -> str:
         out.append(f"{totals['unreported_calls']:,} provider calls started and never reported usage (the worker "
                    "stopped or lost the broker mid-call): the provider may have billed them; their tokens are "
                    "unknown and missing from the counts and the cost estimate.")
+    for budget in result.get("budgets", []):
+        scope = budget["workspace_id"] + (f"/{budget['automation_id']}" if budget["automation_id"] else "")
+        limit = f"${budget['limit_usd']:,.6f}" if budget["limit_usd"] is not None else "no limit"
+        cap = f", max in flight {budget['max_in_flight']}" if budget["max_in_flight"] is not None else ""
+        out.append(f"Budget {scope} ({budget['action']}, {budget['period']}): {limit}{cap}; spent "
+                   f"${budget['spent_usd']:,.6f}, reserved ${budget['reserved_usd']:,.6f}, "
+                   f"resets {budget['resets_at']}.")
     if totals["unreported_requests"]:
         out.append(f"{UNREPORTED_MARK} {totals['unreported_requests']:,} of the requests came back without usage from "
                    "the provider: their tokens are unknown (not counted as 0) and missing from the cost estimate.")

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from worker import __version__
-from worker.cli import aggregator, consumption, dlq, keys, simulate, submit, tokens, topology, worker
+from worker.cli import aggregator, budgets, consumption, dlq, keys, simulate, submit, tokens, topology, worker
 from worker.cli.common import run_command
 from worker.cli.parser import OneLineParser
 
@@ -17,7 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"byok {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    for verbs in (worker, aggregator, submit, consumption, keys, dlq, topology, tokens, simulate):
+    for verbs in (worker, aggregator, submit, consumption, budgets, keys, dlq, topology, tokens, simulate):
         verbs.register(commands)
     return parser
 

@@ -43,6 +43,8 @@ main settings (environment; README.md lists them all):
   BYOK_METRICS_LISTEN    /livez, /readyz, /metrics (127.0.0.1:9464)
   BYOK_LOG_LEVEL, BYOK_LOG_FORMAT  info, json
   OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_SERVICE_NAME  traces over OTLP/HTTP (off when no OTEL_* exporter is set)
+  BYOK_STORE_URL         the aggregator's store: block budgets and in-flight caps are reserved there
+  BYOK_BUDGET_REFRESH_S, BYOK_BUDGET_LEASE_S, BYOK_BUDGET_FAIL_MODE  2, 60, closed (README, Budgets)
 exit codes: 0 stopped, 1 broker unreachable for BYOK_RECONNECT_MAX_S or Vault login failed, 2 invalid settings
 """
 

@@ -33,7 +33,7 @@ from schemas.models import (
     UsageEvent,
     storable,
 )
-from worker.failures import InvalidJob, JobFailure, RetryableFailure
+from worker.failures import CallDeferred, InvalidJob, JobFailure, RetryableFailure
 from worker.jobs.call_hooks import CallHook, ProviderCall
 from worker.jobs.call_shape import call_shape
 from worker.jobs.metrics import WorkerMetrics
@@ -220,6 +220,9 @@ class JobRunner:
                 call_started = time.perf_counter()
                 call = ProviderCall(job, str(uuid.uuid4()), endpoint)
                 reply = await self._hooked_call(call, adapter, api_key)
+            except CallDeferred as deferred:
+                # A hook held the call back (in-flight cap, budget store unreachable): no call, no attempt.
+                return RetryLater(deferred.delay_s, attempts, first_seen, short_reason(deferred.reason))
             except JobFailure as failure:
                 # A failure while unsealing made no provider call: it is not an attempt.
                 called = unsealed and made_call(failure)
@@ -227,8 +230,7 @@ class JobRunner:
                     attempts += 1
                 if failure.retryable:
                     transient_failures += 1
-                if failure.code is ErrorCode.AUTH_FAILED and job.model.sealed_key:
-                    self._cache.evict(binding_b64(job.workspace_id, endpoint), job.model.sealed_key)
+                self._forget_refused_key(job, endpoint, failure)
                 decision = decide(
                     failure, provider_called=called, attempts=attempts,
                     transient_failures=transient_failures, now=datetime.now(UTC), deadline=job.deadline,
@@ -247,6 +249,11 @@ class JobRunner:
                         return self._failed(job, failure, attempts, started)
             attempts += 1
             return self._succeeded(call, reply, attempts, started, call_started)
+
+    def _forget_refused_key(self, job: CompletionJob, endpoint: Endpoint, failure: JobFailure) -> None:
+        """A key the provider refused (revoked, rotated) is unsealed again next time, not served from cache."""
+        if failure.code is ErrorCode.AUTH_FAILED and job.model.sealed_key:
+            self._cache.evict(binding_b64(job.workspace_id, endpoint), job.model.sealed_key)
 
     async def _unseal(self, job: CompletionJob, endpoint: Endpoint) -> SecretStr:
         sealed = job.model.sealed_key

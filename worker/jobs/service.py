@@ -20,11 +20,13 @@ import structlog
 from aio_pika.abc import AbstractQueue
 from httpx_aiohttp import AiohttpTransport
 
+from worker.aggregator.pricing import load_prices
 from worker.broker.connection import BrokerSupervisor, Link
 from worker.broker.names import Topology
 from worker.broker.outbox import Outbox
 from worker.broker.publisher import Publisher
 from worker.broker.topology import check_topology, declare_topology, topology_spec
+from worker.budgets.guard import BudgetGuard, FailMode
 from worker.jobs.call_hooks import CallHook
 from worker.jobs.call_records import CallRecorder
 from worker.jobs.call_span import ChatSpan
@@ -68,6 +70,7 @@ class Worker:
         self._consumer_tag: str | None = None
         self.health: HealthServer | None = None
         self.ready = asyncio.Event()
+        self.budgets: BudgetGuard | None = None
 
     @property
     def connections(self) -> int:
@@ -105,9 +108,16 @@ class Worker:
         self.health = HealthServer(settings.metrics_listen, HealthState(self._connected, self._consuming),
                                    self.metrics)
         await self.health.start()
+        self.budgets = BudgetGuard(
+            settings.store_url.get_secret_value(), load_prices(settings.prices_file),
+            lease_s=settings.budget_lease_s, refresh_s=settings.budget_refresh_s,
+            fail_mode=FailMode(settings.budget_fail_mode),
+        )
+        await self.budgets.start()
         tracing = self.tracing = Tracing.start(self._tracing_config) if self._tracing_config else None
         unsealer: Decryptor = decryptor
-        hooks: list[CallHook] = []
+        # The budget's reservation first: a refused call makes no call-started record.
+        hooks: list[CallHook] = [self.budgets.hook]
         if settings.call_records:
             hooks.append(CallRecorder(self.outbox, self.names.usage_exchange))
         if tracing is not None:
@@ -128,6 +138,7 @@ class Worker:
             await decryptor.aclose()
             await tokens.aclose()
             await self.health.stop()
+            await self.budgets.close()
             if tracing is not None:
                 # Flushes the spans still queued: off the event loop, which a local receiver may be on.
                 await asyncio.to_thread(tracing.shutdown)

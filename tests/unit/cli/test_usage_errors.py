@@ -31,7 +31,7 @@ def valid_args(parser: argparse.ArgumentParser) -> list[str]:
     """Values for the required arguments: the first choice, or a plain word."""
     args: list[str] = []
     for action in parser._actions:
-        if not action.option_strings and action.dest != "help":
+        if not action.option_strings and action.dest != "help" and action.nargs not in ("?", "*"):  # required
             args.append(str(next(iter(action.choices))) if action.choices else "ws1")
         elif action.required:
             args += [action.option_strings[0], str(next(iter(action.choices))) if action.choices else "ws1"]

@@ -106,6 +106,19 @@ class Ledger:
     """Requests on the protocol routes, answered (billed or not)."""
     seen: list[SeenRequest] = field(default_factory=list)
     """Every HTTP request received, on any path, in arrival order."""
+    in_flight: dict[str, int] = field(default_factory=dict)
+    """Protocol requests being answered now, per key fingerprint (``"-"`` for keyless ones)."""
+    peak_in_flight: dict[str, int] = field(default_factory=dict)
+    """The most protocol requests answered at once, per key fingerprint, since the last reset."""
+
+    def call_started(self, fingerprint: str | None) -> None:
+        name = fingerprint or "-"
+        self.in_flight[name] = self.in_flight.get(name, 0) + 1
+        self.peak_in_flight[name] = max(self.peak_in_flight.get(name, 0), self.in_flight[name])
+
+    def call_ended(self, fingerprint: str | None) -> None:
+        name = fingerprint or "-"
+        self.in_flight[name] -= 1
 
     def record(self, call: LedgerCall) -> None:
         self.calls.append(call)
@@ -116,6 +129,7 @@ class Ledger:
     def reset(self) -> None:
         self.calls.clear()
         self.seen.clear()
+        self.peak_in_flight.clear()
 
     def requests(self) -> list[SeenRequest]:
         """Every request the server received since the last reset, on any path (a copy)."""
@@ -144,4 +158,5 @@ class Ledger:
             "calls": [call.as_json() for call in self.calls],
             "totals": self.totals(),
             "requests": [seen.as_json() for seen in self.seen],
+            "peak_in_flight": dict(self.peak_in_flight),
         }

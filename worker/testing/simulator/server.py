@@ -157,7 +157,13 @@ class ProviderSimulator:
 
     def _protocol_handler(self, protocol: Provider) -> Handler:
         async def handle(request: web.Request) -> web.StreamResponse:
-            return await self._serve(protocol, request)
+            # Concurrency per key: a workspace's key, so a test can see a cap on its calls in flight hold.
+            fingerprint = key_fingerprint(presented_key(protocol, request))
+            self._ledger.call_started(fingerprint)
+            try:
+                return await self._serve(protocol, request)
+            finally:
+                self._ledger.call_ended(fingerprint)
 
         return handle
 
