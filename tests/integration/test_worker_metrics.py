@@ -69,7 +69,7 @@ async def test_the_metrics_the_readme_lists_count_a_known_set_of_jobs(
     settings: Settings, simulator: ProviderSimulator, tap: BrokerTap, seal: Sealer
 ) -> None:
     listed = readme_metrics()
-    assert len(listed) == 8, listed
+    assert len(listed) == 9, listed
     sealed = seal(WORKSPACE, KEY, Provider.OPENAI, simulator.base_url(Provider.OPENAI))
     known = settings.model_copy(update={"max_attempts": 2, "inline_retry_max_s": 0.5, "metrics_listen": "127.0.0.1:0"})
     async with running(Worker(known)) as worker:
@@ -117,3 +117,5 @@ async def test_the_metrics_the_readme_lists_count_a_known_set_of_jobs(
     assert value(text, "byok_unseal_cache_lookups_total", result="miss") == 2
     assert value(text, "byok_vault_call_seconds_count", outcome="200") == 2
     assert len(label_sets(text, "byok_vault_call_seconds_count")) == 1
+    # No connection was lost: nothing was published again.
+    assert value(text, "byok_outbox_republished_total") == 0
