@@ -61,6 +61,11 @@ class UnsealCache:
         finally:
             del self._pending[cache_key]
 
+    def holds(self, scope: str, sealed: str) -> bool:
+        """Whether ``get`` would answer at once: a live entry (a load under way is still a wait for Vault)."""
+        entry = self._entries.get((scope, sealed))
+        return entry is not None and entry[0] > self._clock()
+
     def _store(self, cache_key: tuple[str, str], value: SecretStr) -> None:
         self._entries[cache_key] = (self._clock() + self._ttl_s, value)
         self._entries.move_to_end(cache_key)
