@@ -30,6 +30,12 @@ MAX_MESSAGE_BYTES = 16 * 1024 * 1024 - 256 * 1024
 """The largest body the worker publishes: RabbitMQ's default ``max_message_size`` (16 MiB since 4.0; 128 MiB
 in 3.x) less room for properties and headers. A broker configured lower needs a lower cap."""
 
+MOVED_DROPPED_HEADERS = frozenset({*ROUTING_HEADERS, "x-death", "x-first-death-exchange", "x-first-death-queue",
+                                   "x-first-death-reason", "x-last-death-exchange", "x-last-death-queue",
+                                   "x-last-death-reason", HEADER_DELIVERY_COUNT})
+"""Not carried when a job is moved to the overflow queue: routing the copy to more queues, or the broker's
+record of the original's deliveries and dead-letterings (only jobs with none are moved)."""
+
 # Delay queues: one per fixed wait so a long TTL never holds a shorter one behind it.
 DELAY_STEPS_MS = (1_000, 5_000, 15_000, 60_000, 300_000)
 
@@ -47,6 +53,12 @@ class Topology:
     @property
     def jobs_queue(self) -> str:
         return f"{self.prefix}.jobs"
+
+    @property
+    def overflow_queue(self) -> str:
+        """Where a worker moves a workspace's jobs beyond its fair share of the window (README, "Fair share");
+        published through the default exchange, consumed by every worker beside ``jobs_queue``."""
+        return f"{self.prefix}.jobs.overflow"
 
     @property
     def dead_letter_exchange(self) -> str:

@@ -89,11 +89,12 @@ def topology_spec(names: Topology, *, delivery_limit: int) -> TopologySpec:
         )
         for step in DELAY_STEPS_MS
     )
+    jobs_arguments = {**QUORUM, "x-dead-letter-exchange": names.dead_letter_exchange,
+                      "x-delivery-limit": delivery_limit}
     queues = (
-        QueueSpec(
-            names.jobs_queue,
-            {**QUORUM, "x-dead-letter-exchange": names.dead_letter_exchange, "x-delivery-limit": delivery_limit},
-        ),
+        QueueSpec(names.jobs_queue, jobs_arguments),
+        # Published to through the default exchange (no binding): a workspace's jobs beyond its fair share.
+        QueueSpec(names.overflow_queue, dict(jobs_arguments)),
         QueueSpec(names.dead_letter_queue, dict(QUORUM)),
         aggregator_queue(names, names.usage_queue),
         usage_dead_queue,
