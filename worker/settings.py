@@ -166,6 +166,15 @@ class WorkerSettings(TopologySettings, VaultSettings, ConsumptionSettings):
     budget_fail_mode: Literal["closed", "open"] = "closed"
 
     prefetch: int = Field(default=64, ge=1, le=65535)
+    sort_window: int = Field(
+        default=256, ge=0, le=65535,
+        description="jobs a worker holds beyond BYOK_PREFETCH to run round-robin by workspace; a workspace with "
+                    "BYOK_PREFETCH jobs waiting has its next ones moved to byok.jobs.overflow; 0: queue order, "
+                    "nothing moved",
+    )
+    unseal_concurrency: int = Field(
+        default=16, ge=1, le=1000, description="Vault calls at a time to unseal the keys of jobs not yet running",
+    )
     declare_topology: bool = Field(
         default=True,
         description="declare the topology on each connection (needs configure permission); false: only check "

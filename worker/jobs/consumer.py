@@ -19,8 +19,6 @@ from typing import Any
 
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
-from aio_pika.message import IncomingMessage
-from aiormq.abc import DeliveredMessage
 from aiormq.exceptions import ChannelInvalidStateError, DeliveryError, PublishError
 
 from schemas.models import MAX_JOB_BYTES
@@ -35,11 +33,12 @@ from worker.broker.names import (
     HEADER_REASON,
     HEADER_TRUNCATED,
     MAX_MESSAGE_BYTES,
+    MOVED_DROPPED_HEADERS,
     Topology,
 )
 from worker.broker.outbox import Outbox
 from worker.broker.publisher import Publisher
-from worker.jobs.job_headers import carried, carried_trace, delivery_of, reply_target
+from worker.jobs.job_headers import came_back_delayed, carried, carried_trace, delivery_of, reply_target
 from worker.jobs.metrics import WorkerMetrics
 from worker.jobs.pipeline import Completed, DeadLetter, JobRunner, Outcome, RetryLater, Unroutable
 from worker.jobs.settled import Settled, SettledMemo, settle
@@ -118,20 +117,28 @@ class JobConsumer:
         self.idle = asyncio.Event()
         self.idle.set()
 
-    async def on_delivery(self, delivered: DeliveredMessage) -> None:
-        """aiormq's consumer callback: the job runs in a task of its own, tracked in ``in_flight``.
-
-        It returns at once, so aiormq's delivery task (cancelled when the channel closes) never holds a
-        job, and no further task or shield is needed per message as with aio-pika's ``Queue.consume``.
-        """
-        self.on_message(IncomingMessage(delivered, no_ack=False))
-
-    def on_message(self, message: AbstractIncomingMessage) -> None:
+    def on_message(self, message: AbstractIncomingMessage) -> asyncio.Task[None]:
         tracing = self._tracing
         task = asyncio.create_task(self._handle(message) if tracing is None else self._traced(tracing, message))
         self.in_flight.add(task)
         self.idle.clear()
         task.add_done_callback(self._done)
+        return task
+
+    def may_move(self, message: AbstractIncomingMessage) -> bool:
+        """Whether a job may be moved to the overflow queue unrun: not a redelivery (it may have run here, and
+        its memo is found only under redelivery), not back from a delay queue (its attempts would be lost)."""
+        return not message.redelivered and not came_back_delayed(message.headers or {}, self._names)
+
+    async def move_to_overflow(self, message: AbstractIncomingMessage) -> None:
+        """Publish the job to the overflow queue as it came (but for ``MOVED_DROPPED_HEADERS``), confirmed,
+        then ack it here. Cut between the two, the job is in both queues: a duplicate, never a loss."""
+        headers = {k: v for k, v in (message.headers or {}).items() if k not in MOVED_DROPPED_HEADERS}
+        await self.publisher.publish("", self._names.overflow_queue, message.body, message_id=message.message_id,
+                                     headers=headers, correlation_id=message.correlation_id,
+                                     reply_to=message.reply_to)
+        await message.ack()
+        self._metrics.moved.inc()
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self.in_flight.discard(task)
@@ -153,7 +160,10 @@ class JobConsumer:
             await asyncio.wait([earlier])
         running: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._running[key] = running
-        outcome: Outcome | Settled | None = self.recent.get(key) if message.redelivered else None
+        # A moved job's copy may meet the outcome of its original too (the original's ack was lost, it came
+        # back redelivered and ran here first).
+        seen = message.redelivered or message.routing_key == self._names.overflow_queue
+        outcome: Outcome | Settled | None = self.recent.get(key) if seen else None
         try:
             if outcome is None:
                 delivery = delivery_of(message, self._names, retry_window_s=self._retry_window_s,

@@ -37,6 +37,17 @@ class WorkerMetrics:
             "byok_outbox_republished", "Usage events and call records published again on a new connection",
             registry=self.registry,
         )
+        self.moved = Counter(
+            "byok_jobs_moved", "Jobs moved to the overflow queue: their workspace had its share of the window",
+            registry=self.registry,
+        )
+        # Aggregates only (README, "Fair share"): never one label per workspace.
+        self.waiting = Gauge("byok_jobs_waiting", "Jobs held for their turn or their key, not yet running",
+                             registry=self.registry)
+        self.waiting_workspaces = Gauge("byok_workspaces_waiting", "Workspaces with jobs waiting in this worker",
+                                        registry=self.registry)
+        self.keys_warming = Gauge("byok_keys_unsealing", "Keys of waiting jobs being unsealed now",
+                                  registry=self.registry)
         self._jobs: dict[tuple[str, str], Counter] = {}
         self._provider: dict[str, Histogram] = {}
         self._vault: dict[str, Histogram] = {}

@@ -31,6 +31,7 @@ from worker.jobs.call_hooks import CallHook
 from worker.jobs.call_records import CallRecorder
 from worker.jobs.call_span import ChatSpan
 from worker.jobs.consumer import JobConsumer
+from worker.jobs.fair_share import FairShare
 from worker.jobs.health import HealthServer, HealthState
 from worker.jobs.metrics import WorkerMetrics
 from worker.jobs.pipeline import JobRunner
@@ -39,6 +40,7 @@ from worker.jobs.tracing import Tracing, tracing_config
 from worker.keys.auth import make_token_source
 from worker.keys.transit import Decryptor, TransitDecryptor
 from worker.keys.unseal_cache import UnsealCache
+from worker.keys.warmup import KeyWarmup
 from worker.providers.http_pool import HttpClientPool, TransportFactory
 from worker.settings import Settings
 
@@ -66,8 +68,10 @@ class Worker:
         """Usage events and call records not yet confirmed, sent again on the next connection."""
         self._provider_transport = provider_transport
         self._consumer: JobConsumer | None = None
-        self._queue: AbstractQueue | None = None
+        self.fair: FairShare | None = None
+        self._warmup: KeyWarmup | None = None
         self._consumer_tag: str | None = None
+        self._consumer_tags: list[tuple[AbstractQueue, str]] = []
         self.health: HealthServer | None = None
         self.ready = asyncio.Event()
         self.budgets: BudgetGuard | None = None
@@ -125,14 +129,16 @@ class Worker:
             # Last, so innermost: the span covers the provider call itself, not what the other hooks do first.
             hooks.append(ChatSpan(tracing.tracer))
         self.call_hooks = tuple(hooks)
+        self._warmup = KeyWarmup(self.cache, unsealer, concurrency=settings.unseal_concurrency)
+        self.metrics.keys_warming.set_function(lambda: self._warmup.warming if self._warmup else 0)
         runner = JobRunner(RetryPolicy.from_settings(settings), allowed_hosts=settings.allowed_hosts,
                            decryptor=unsealer, http=http, cache=self.cache, metrics=self.metrics,
                            call_timeout_s=settings.provider_call_timeout_s, call_hooks=self.call_hooks)
         try:
             await self.broker.run(stop, functools.partial(self._consume, runner), self._lost)
         finally:
-            if self._consumer is not None:
-                await self._drain(self._consumer)
+            if self._consumer is not None and self.fair is not None:
+                await self._drain(self._consumer, self.fair)
             await self.broker.close()
             await http.aclose()
             await decryptor.aclose()
@@ -149,7 +155,8 @@ class Worker:
         settings = self.settings
         channel = await link.connection.channel(publisher_confirms=True)
         await link.watch(channel)
-        await channel.set_qos(prefetch_count=settings.prefetch)
+        # Per consumer (jobs and overflow each): the run slots and the window to choose the next job from.
+        await channel.set_qos(prefetch_count=min(settings.prefetch + settings.sort_window, 65535))
         spec = topology_spec(self.names, delivery_limit=settings.delivery_limit)
         if settings.declare_topology:
             await declare_topology(channel, spec)
@@ -161,35 +168,60 @@ class Worker:
             self._consumer = JobConsumer(runner, publisher, self.names, self.metrics,
                                          retry_window_s=settings.max_retry_window_s, outbox=self.outbox,
                                          delivery_limit=settings.delivery_limit, tracing=self.tracing)
+            self.fair = self._fair_share(self._consumer)
         else:
             self._consumer.publisher = publisher
+        fair = self.fair
+        assert fair is not None
         self._consumer.on_publish_refused = lambda: link.lose("the broker refused a publish (basic.nack)")
         # What the last connection took with it unconfirmed, before any new job: billed calls stay counted.
         republished = await self.outbox.republish()
         self.metrics.republished.inc(republished)
-        self._queue = await channel.get_queue(self.names.jobs_queue, ensure=False)
         tune_gc()
         underlay = await channel.get_underlay_channel()
-        consume_ok = await underlay.basic_consume(self._queue.name, self._consumer.on_delivery, no_ack=False)
-        self._consumer_tag = consume_ok.consumer_tag
+        tags: list[tuple[AbstractQueue, str]] = []
+        for name, callback in ((self.names.jobs_queue, fair.on_jobs_delivery),
+                               (self.names.overflow_queue, fair.on_overflow_delivery)):
+            queue = await channel.get_queue(name, ensure=False)
+            consume_ok = await underlay.basic_consume(name, callback, no_ack=False)
+            tags.append((queue, str(consume_ok.consumer_tag)))
+        self._consumer_tags = tags
+        self._consumer_tag = tags[0][1]
         first = self.broker.connections == 0
         log.info("worker.started" if first else "worker.reconnected", queue=self.names.jobs_queue,
                  prefetch=settings.prefetch, health_port=self.health.port if self.health else None)
         self.ready.set()
 
+    def _fair_share(self, consumer: JobConsumer) -> FairShare:
+        settings = self.settings
+        fair = FairShare(consumer.on_message, slots=settings.prefetch,
+                         hold=settings.prefetch if settings.sort_window else None,
+                         move=consumer.move_to_overflow, may_move=consumer.may_move, warmup=self._warmup,
+                         allowed_hosts=settings.allowed_hosts)
+        self.metrics.waiting.set_function(lambda: fair.waiting)
+        self.metrics.waiting_workspaces.set_function(lambda: fair.waiting_workspaces)
+        return fair
+
     async def _lost(self) -> None:
+        if self.fair is not None:
+            self.fair.forget()
         self._consumer_tag = None
+        self._consumer_tags = []
         self.outbox.attach(None)
         self.ready.clear()
         in_flight = len(self._consumer.in_flight) if self._consumer else 0
         log.warning("worker.consumer_lost", in_flight=in_flight, note="settled again on redelivery")
 
-    async def _drain(self, consumer: JobConsumer) -> None:
-        """Stop taking jobs, let in-flight ones finish within the grace period, leave the rest unacked."""
-        if self._queue is not None and self._consumer_tag is not None and self.broker.alive:
-            with contextlib.suppress(Exception):
-                await self._queue.cancel(self._consumer_tag)
+    async def _drain(self, consumer: JobConsumer, fair: FairShare) -> None:
+        """Stop taking jobs, let in-flight ones finish within the grace period, leave the rest unacked (the
+        jobs waiting for their turn included: they start nowhere here, the broker delivers them again)."""
+        if self.broker.alive:
+            for queue, tag in self._consumer_tags:
+                with contextlib.suppress(Exception):
+                    await queue.cancel(tag)
         self._consumer_tag = None
+        self._consumer_tags = []
+        await fair.stop()
         log.info("worker.draining", in_flight=len(consumer.in_flight), grace_s=self.settings.shutdown_grace_s)
         try:
             await asyncio.wait_for(consumer.idle.wait(), timeout=self.settings.shutdown_grace_s)

@@ -1,0 +1,191 @@
+"""Fair share between workspaces: the jobs a worker holds run round-robin by workspace, not in queue order.
+
+A worker takes up to ``BYOK_PREFETCH + BYOK_SORT_WINDOW`` unacked jobs from each of ``byok.jobs`` and
+``byok.jobs.overflow`` and runs ``BYOK_PREFETCH`` of them at a time (the run slots), the next one taken from
+the workspaces with jobs waiting here in turn. A workspace that already has ``hold`` jobs waiting here has its
+next job from ``byok.jobs`` moved to ``byok.jobs.overflow`` (published, confirmed, then acked). That keeps
+``byok.jobs`` short while one workspace floods it, so the jobs of every other workspace behind the flood reach
+a worker within moments instead of after the whole backlog. Jobs from the overflow queue are never moved again.
+
+A job whose key is not in the unseal cache waits for Vault in ``KeyWarmup``, holding no run slot, and becomes
+runnable once its key is in. Nothing here acks a job it did not move: a job still waiting when the connection
+is lost or the worker stops is left unacked, and the broker delivers it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict, deque
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+import orjson
+import structlog
+from aio_pika.abc import AbstractIncomingMessage
+from aio_pika.message import IncomingMessage
+from aiormq.abc import DeliveredMessage
+
+from worker.keys.warmup import KeyWarmup, SealedKeyRef, sealed_key_ref
+
+log = structlog.get_logger("byok.worker")
+
+UNKNOWN_WORKSPACE = ""
+"""Where a body with no readable ``workspace_id`` waits its turn (the run dead-letters it)."""
+
+StartJob = Callable[[AbstractIncomingMessage], "asyncio.Task[None]"]
+MoveJob = Callable[[AbstractIncomingMessage], Awaitable[None]]
+MayMove = Callable[[AbstractIncomingMessage], bool]
+
+
+def job_fields(body: bytes) -> Any:
+    """The parsed body, or None: only to find its workspace and key (the run validates it)."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+
+
+def workspace_of(raw: Any) -> str:
+    workspace = raw.get("workspace_id") if isinstance(raw, dict) else None
+    return workspace if isinstance(workspace, str) else UNKNOWN_WORKSPACE
+
+
+class FairShare:
+    """``slots`` jobs running at most; ``hold`` jobs of one workspace waiting here before the next is moved
+    (None: never moved). ``move`` publishes a job to the overflow queue and acks it; ``may_move`` says whether a
+    delivery may be moved at all (not a redelivery, not a job back from a delay queue)."""
+
+    def __init__(self, start: StartJob, *, slots: int, hold: int | None, move: MoveJob, may_move: MayMove,
+                 warmup: KeyWarmup | None = None, allowed_hosts: frozenset[str] | None = None) -> None:
+        self._start = start
+        self._slots = slots
+        self._hold = hold
+        self._move = move
+        self._may_move = may_move
+        self._warmup = warmup
+        self._allowed_hosts = allowed_hosts
+        self._waiting: dict[str, deque[AbstractIncomingMessage]] = {}
+        self._turns: deque[str] = deque()
+        """Workspaces with jobs waiting, in the order they get their next slot."""
+        self._held: defaultdict[str, int] = defaultdict(int)
+        """Jobs per workspace waiting here or for their key (not running)."""
+        self.running = 0
+        self.moved = 0
+        self._warming_tasks: set[asyncio.Task[None]] = set()
+        self._moving_tasks: set[asyncio.Task[None]] = set()
+        self._stopped = False
+
+    # -- aiormq consumer callbacks -----------------------------------------------------------------------------
+
+    async def on_jobs_delivery(self, delivered: DeliveredMessage) -> None:
+        self.offer(IncomingMessage(delivered, no_ack=False), movable=True)
+
+    async def on_overflow_delivery(self, delivered: DeliveredMessage) -> None:
+        self.offer(IncomingMessage(delivered, no_ack=False), movable=False)
+
+    # -- the window -----------------------------------------------------------------------------------------
+
+    @property
+    def waiting(self) -> int:
+        return sum(self._held.values())
+
+    @property
+    def waiting_workspaces(self) -> int:
+        return len(self._held)
+
+    def offer(self, message: AbstractIncomingMessage, *, movable: bool) -> None:
+        if self._stopped:
+            return  # stopping: left unacked, delivered again elsewhere
+        raw = job_fields(message.body)
+        workspace = workspace_of(raw)
+        if (movable and self._hold is not None and self._held.get(workspace, 0) >= self._hold
+                and self._may_move(message)):
+            self._side_task(self._moving(message, workspace), self._moving_tasks)
+            return
+        self._held[workspace] += 1
+        ref = sealed_key_ref(raw, self._allowed_hosts) if self._warmup is not None else None
+        if ref is not None and self._warmup is not None and self._warmup.is_cold(ref):
+            self._side_task(self._warming(self._warmup, ref, message, workspace), self._warming_tasks)
+            return
+        self._enqueue(message, workspace)
+
+    def _enqueue(self, message: AbstractIncomingMessage, workspace: str) -> None:
+        waiting = self._waiting.get(workspace)
+        if waiting is None:
+            waiting = self._waiting[workspace] = deque()
+            self._turns.append(workspace)
+        waiting.append(message)
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        while self.running < self._slots and self._turns and not self._stopped:
+            workspace = self._turns.popleft()
+            waiting = self._waiting[workspace]
+            message = waiting.popleft()
+            if waiting:
+                self._turns.append(workspace)
+            else:
+                del self._waiting[workspace]
+            self._release(workspace)
+            self.running += 1
+            self._start(message).add_done_callback(self._finished)
+
+    def _finished(self, _task: asyncio.Task[None]) -> None:
+        self.running -= 1
+        self._dispatch()
+
+    def _release(self, workspace: str) -> None:
+        left = self._held[workspace] - 1
+        if left > 0:
+            self._held[workspace] = left
+        else:
+            del self._held[workspace]
+
+    async def _warming(self, warmup: KeyWarmup, ref: SealedKeyRef, message: AbstractIncomingMessage,
+                       workspace: str) -> None:
+        # Cancelled only by ``forget`` and ``stop``, which drop every count themselves.
+        await warmup.warm(ref)
+        self._enqueue(message, workspace)
+
+    async def _moving(self, message: AbstractIncomingMessage, workspace: str) -> None:
+        try:
+            await self._move(message)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the job is not lost: it runs here, or comes back
+            log.warning("job.move_failed", message_id=message.message_id, error=type(exc).__name__,
+                        note="kept in this worker's window")
+            if not self._stopped:
+                self._held[workspace] += 1
+                self._enqueue(message, workspace)
+            return
+        self.moved += 1
+
+    @staticmethod
+    def _side_task(work: Coroutine[Any, Any, None], tasks: set[asyncio.Task[None]]) -> None:
+        task = asyncio.create_task(work)
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    # -- connection loss and shutdown ---------------------------------------------------------------------------
+
+    def forget(self) -> None:
+        """The connection is gone: the jobs waiting here went with it (the broker delivers them again)."""
+        self._waiting.clear()
+        self._turns.clear()
+        self._held.clear()
+        for task in (*self._warming_tasks, *self._moving_tasks):
+            task.cancel()
+
+    async def stop(self) -> None:
+        """No job starts from now on. Moves under way finish (a move cut between its confirmed publish and the
+        ack would leave the job in both queues); key warm-ups are cancelled."""
+        self._stopped = True
+        self._waiting.clear()
+        self._turns.clear()
+        self._held.clear()
+        for task in self._warming_tasks:
+            task.cancel()
+        pending = [*self._warming_tasks, *self._moving_tasks]
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
