@@ -259,25 +259,34 @@ def test_services_monitors_budgets_and_policies_select_the_pods(renders: dict[st
 
 
 @pytest.mark.parametrize("name", sorted(RENDERS))
-def test_keda_scales_the_worker_on_the_jobs_queue(renders: dict[str, list[Doc]], name: str) -> None:
+def test_keda_scales_the_worker_on_the_jobs_and_overflow_queues(renders: dict[str, list[Doc]], name: str) -> None:
     docs = renders[name]
     scaled = one(docs, "ScaledObject", "byok-worker")
     target = scaled["spec"]["scaleTargetRef"]
     deployment = one(docs, target["kind"], target["name"])
     assert "replicas" not in deployment["spec"], "KEDA owns the replica count: an apply must not reset it"
     assert 1 <= scaled["spec"]["minReplicaCount"] <= scaled["spec"]["maxReplicaCount"]
-    [trigger] = scaled["spec"]["triggers"]
-    assert trigger["type"] == "rabbitmq"
-    metadata = trigger["metadata"]
-    assert metadata["queueName"] == Topology("byok").jobs_queue
-    assert metadata["mode"] == "QueueLength"
-    # http: the management API's depth counts unacked (in-flight) jobs too, so busy workers are kept.
-    assert metadata["protocol"] == "http" and metadata.get("excludeUnacknowledged", "false") == "false"
-    assert "host" not in metadata, "credentials come from the TriggerAuthentication"
+    names = Topology("byok")
+    triggers = {t["name"]: t for t in scaled["spec"]["triggers"]}
+    assert {n: t["metadata"]["queueName"] for n, t in triggers.items()} == {
+        "jobs": names.jobs_queue, "overflow": names.overflow_queue,
+    }
+    # The depth that scales is the sum: a flood moved to the overflow queue counts as much as one in byok.jobs.
+    modifiers = scaled["spec"]["advanced"]["scalingModifiers"]
+    assert modifiers["formula"] == "jobs + overflow" and modifiers["metricType"] == "AverageValue"
     prefetch = int(configmap_env(docs, deployment["spec"]["template"]["spec"]["containers"][0])["BYOK_PREFETCH"])
-    assert 0 < int(metadata["value"]) <= prefetch, "target per replica above the prefetch never scales out in time"
-    auth = one(docs, "TriggerAuthentication", trigger["authenticationRef"]["name"])
-    assert [(r["parameter"], r["name"]) for r in auth["spec"]["secretTargetRef"]] == [("host", "byok-keda-rabbitmq")]
+    assert 0 < int(modifiers["target"]) <= prefetch, "target per replica above the prefetch never scales out in time"
+    for trigger in triggers.values():
+        assert trigger["type"] == "rabbitmq"
+        metadata = trigger["metadata"]
+        assert metadata["mode"] == "QueueLength"
+        # http: the management API's depth counts unacked (in-flight and held) jobs too, so busy workers are kept.
+        assert metadata["protocol"] == "http" and metadata.get("excludeUnacknowledged", "false") == "false"
+        assert "host" not in metadata, "credentials come from the TriggerAuthentication"
+        auth = one(docs, "TriggerAuthentication", trigger["authenticationRef"]["name"])
+        assert [(r["parameter"], r["name"]) for r in auth["spec"]["secretTargetRef"]] == [
+            ("host", "byok-keda-rabbitmq")
+        ]
 
 
 @pytest.mark.parametrize("name", sorted(RENDERS))
