@@ -121,12 +121,13 @@ class Stack:
                 self._sealed[(ws, endpoint.base_url)] = sealed
         return {ws: self._sealed[(ws, endpoint.base_url)] for ws in workspaces}
 
-    def launch_worker(self, prefix: str, prefetch: int, **env: str) -> ByokProcess:
-        """``byok worker`` as in production (JSON logs at info, to a file); returns at once, not yet ready."""
+    def launch_worker(self, prefix: str, prefetch: int, *, name: str = "", **env: str) -> ByokProcess:
+        """``byok worker`` as in production (JSON logs at info, to a file); returns at once, not yet ready.
+        ``name``: told apart from other workers of the same topology (its log file)."""
         port = free_port()
         overrides = {"BYOK_PREFETCH": str(prefetch), "BYOK_LOG_LEVEL": "info", "BYOK_LOG_FORMAT": "json",
                      "BYOK_METRICS_LISTEN": f"127.0.0.1:{port}", **env}
-        log_path = self.workdir / f"worker-{prefix}.log"
+        log_path = self.workdir / f"worker-{prefix}{name}.log"
         with log_path.open("wb") as log:
             process = subprocess.Popen([sys.executable, "-m", "worker.cli", "worker"], stdout=log,
                                        stderr=subprocess.STDOUT, env=process_env(self.settings(prefix), **overrides),
