@@ -61,7 +61,8 @@ P5_SECONDS = 8.0
 P5_COLD_AT_S = 2.0
 P5_PACED_S = 4.0
 P6_EVENTS = 20_000
-ALL = ("P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8", "P9")
+ALL = ("P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8", "P9", "P10")
+P10_WORKERS = (1, 3)
 P8_JOBS = 5_000
 P8_ROUNDS = 3
 P9_JOBS = 6_000
@@ -432,18 +433,36 @@ async def run(only: set[str], profile_dir: Path | None, worker_src: Path | None 
         if "P5" in only:
             print("bench: P5 Vault cold start …", file=sys.stderr)
             results["P5_cold"] = await vault_cold(services)
-        if "P8" in only:
-            results["P8"] = await tracing_cost(services, sim)
-        if "P6" in only:
-            print("bench: P6 aggregator ingest …", file=sys.stderr)
-            results["P6"] = await aggregator_ingest(services.workdir)
-        if "P7" in only:
-            print("bench: P7 budgets …", file=sys.stderr)
-            results["P7"] = await budgeted(services, sim)
-        if "P9" in only:
-            print("bench: P9 provider-call records …", file=sys.stderr)
-            results["P9"] = await call_records_cost(services, sim)
+        await _features(services, sim, only, results)
     return results
+
+
+async def _features(services: Stack, sim: Simulator, only: set[str], results: dict[str, Any]) -> None:
+    """P6-P10: what tracing, the aggregator, budgets, call records and fair share cost or do."""
+    if "P8" in only:
+        results["P8"] = await tracing_cost(services, sim)
+    if "P6" in only:
+        print("bench: P6 aggregator ingest …", file=sys.stderr)
+        results["P6"] = await aggregator_ingest(services.workdir)
+    if "P7" in only:
+        print("bench: P7 budgets …", file=sys.stderr)
+        results["P7"] = await budgeted(services, sim)
+    if "P9" in only:
+        print("bench: P9 provider-call records …", file=sys.stderr)
+        results["P9"] = await call_records_cost(services, sim)
+    if "P10" in only:
+        results["P10"] = await fair_share(services)
+
+
+async def fair_share(services: Stack) -> dict[str, Any]:
+    """P10: the flood of ``tests.bench.flood`` with one worker and with three."""
+    from tests.bench.flood import flood  # it builds its jobs with this module's helpers
+
+    found = {}
+    for workers in P10_WORKERS:
+        print(f"bench: P10 flood, {workers} worker(s) …", file=sys.stderr)
+        found[str(workers)] = (await flood(services, workers=workers)).as_json()
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:
