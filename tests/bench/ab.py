@@ -1,7 +1,8 @@
 """A before/after pair in one run: the same P1-P4 measurements for this tree's worker and another copy's,
 interleaved round by round on one set of services, so drift in the machine's load moves both sides alike.
 
-    python -m tests.bench.ab /path/to/before-tree      # prints the table; about 5 minutes
+    python -m tests.bench.ab /path/to/before-tree      # prints the table; about 3 minutes
+    python -m tests.bench.ab /path/to/before --after /path/to/after   # two other trees, this harness
 
 Each round runs the bare loop, then this tree's worker, then the other tree's, on the same simulator; P2 and
 P4 run once per tree, back to back, P4 at the same rate for both (half the slower tree's P1 median). The
@@ -40,8 +41,8 @@ async def _worker_run(services: Stack, source: Path | None, n: int, prefetch: in
     return await throughput(services, "worker", n, prefetch, sim)
 
 
-async def pair(before: Path) -> dict[str, Any]:
-    sources: dict[str, Path | None] = {"after": None, "before": before}
+async def pair(before: Path, after: Path | None = None) -> dict[str, Any]:
+    sources: dict[str, Path | None] = {"after": after, "before": before}
     found: dict[str, Any] = {"load_before": os.getloadavg()}
     with stack() as services:
         sim = services.simulator(0.0)
@@ -100,10 +101,12 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("before", type=Path,
                         help="the other copy of the tree (a directory holding worker/ and schemas/)")
+    parser.add_argument("--after", type=Path, default=None,
+                        help="the tree measured as 'after' (default: this one)")
     args = parser.parse_args(argv)
     quiet_gc()
     started = time.monotonic()
-    found = fast_run()(pair(args.before.resolve()))
+    found = fast_run()(pair(args.before.resolve(), args.after.resolve() if args.after else None))
     found["elapsed_s"] = time.monotonic() - started
     print(table(found))
     return 0
