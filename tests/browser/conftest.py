@@ -17,12 +17,13 @@ import aiohttp
 import pytest
 from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright
 
-from tests.browser.seed import Seeded, seed_workspaces
+from tests.browser.seed import Seeded, SeededBudgets, SeededDrivers, seed_budgets, seed_drivers, seed_workspaces
 from worker.aggregator.api import AggregatorApi, ApiServer, ApiState
 from worker.aggregator.metrics import AggregatorMetrics
-from worker.aggregator.pricing import load_prices
+from worker.aggregator.pricing import PriceTable, load_prices
 from worker.aggregator.store import Store
 from worker.aggregator.tokens import TokenRegistry, add_token
+from worker.budgets.admin import BudgetAdmin
 
 CHROMIUM = os.environ.get("BYOK_TEST_CHROMIUM", "/usr/bin/chromium")
 AXE_VERSION = "4.14.1"
@@ -60,6 +61,38 @@ async def page_stack(tmp_path: Path) -> AsyncIterator[PageStack]:
         seeded = await seed_workspaces(store)
         await server.start()
         yield PageStack(server.url, tokens_file, tokens, seeded)
+    finally:
+        await server.stop()
+        await store.close()
+
+
+@dataclass
+class BudgetStack(PageStack):
+    prices: PriceTable = field(default_factory=load_prices)
+    drivers: SeededDrivers = field(default_factory=lambda: SeededDrivers(()))
+    budgets: SeededBudgets = field(default_factory=lambda: SeededBudgets((), ()))
+
+
+@pytest.fixture
+async def budget_stack(tmp_path: Path) -> AsyncIterator[BudgetStack]:
+    """``page_stack``'s aggregator serving budgets as the service does (``BudgetAdmin`` on the store), with
+    acme's agent runs (``seed_drivers``), budgets set through its API and two calls held in flight by the
+    worker's budget guard (``seed_budgets``)."""
+    store_url = f"sqlite:///{tmp_path / 'consumption.db'}"
+    store = await Store.open(store_url)
+    prices = load_prices(None)
+    tokens_file = tmp_path / "api-tokens.json"
+    tokens = {scope: add_token(tokens_file, scope)[0] for scope in ("acme", "globex", "*")}
+    server = ApiServer("127.0.0.1:0", AggregatorApi(
+        store, prices, AggregatorMetrics(), ApiState(lambda: True, lambda: True),
+        TokenRegistry(str(tokens_file)), budgets=BudgetAdmin(store.writer, prices),
+    ))
+    try:
+        seeded = await seed_workspaces(store)
+        drivers = await seed_drivers(store, seeded.today)
+        await server.start()
+        async with seed_budgets(server.url, tokens["acme"], store_url, prices) as budgets:
+            yield BudgetStack(server.url, tokens_file, tokens, seeded, prices, drivers, budgets)
     finally:
         await server.stop()
         await store.close()

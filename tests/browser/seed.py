@@ -4,17 +4,32 @@
 seven days before them (the previous period of "last 7 days"), two calls yesterday that never reported usage
 (unreported calls), and a spike alert raised now. ``globex`` has
 an automation named ``globex-secret-bot`` that must never appear on a page opened with acme's token.
+
+For the budgets and drivers (``seed_drivers``, ``seed_budgets``): an agent automation of acme whose calls
+carry their shape (a system prompt of 3/4 of the text input, repeated) and an agent-run tag (runs of 2, 5
+and 3 calls), most of them reading the provider's cache; budgets set through the aggregator's own
+``PUT /v1/workspaces/acme/budgets``; and calls held in flight through the worker's own ``BudgetGuard``, which
+reserves their worst case as it does before a real provider call.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from schemas.models import Provider, ProviderCallRecord
+import aiohttp
+
+from schemas.models import CompletionJob, Provider, ProviderCallRecord, UsageEvent, UsageShape
 from tests.aggregator.helpers import usage
 from worker.aggregator.alerts import AlertKind, make_alert
+from worker.aggregator.pricing import PriceTable
 from worker.aggregator.store import Store
+from worker.budgets.estimate import estimate
+from worker.budgets.guard import BudgetGuard
+from worker.providers.base import ProviderReply
 
 GLOBEX_SECRET = "globex-secret-bot"
 SPIKE_MESSAGE = "acme: hourly cost 41.5 USD is 6.2 x the usual"
@@ -24,6 +39,7 @@ SPIKE_MESSAGE = "acme: hourly cost 41.5 USD is 6.2 x the usual"
 class Seeded:
     today: datetime
     events: int
+    usage: tuple[UsageEvent, ...] = ()
 
 
 async def seed_workspaces(store: Store) -> Seeded:
@@ -74,4 +90,99 @@ async def seed_workspaces(store: Store) -> Seeded:
         AlertKind.SPIKE, "globex", "workspace", (hour_start, hour_start + timedelta(hours=1)),
         f"globex: {GLOBEX_SECRET} spiked", {"metric": "tokens", "value": 2_500_000},
     )])
-    return Seeded(today, len(events))
+    return Seeded(today, len(events), tuple(events))
+
+
+AGENT = "research-agent"
+RUN_SIZES = {"run-a": 2, "run-b": 5, "run-c": 3}
+AGENT_MODEL = "gpt-4o"
+SYSTEM_FINGERPRINT = "5eed5eed5eed5eed"
+SYSTEM_CHARS, INPUT_CHARS = 6_000, 8_000  # 3/4 of each call's text input is its system prompt
+AGENT_INPUT = 2_000  # every input token of a call (plain + cache read)
+AGENT_CACHED = 1_500  # read from the provider's cache by every call but the first of a run
+AGENT_OUTPUT = 400
+
+
+@dataclass(frozen=True)
+class SeededDrivers:
+    usage: tuple[UsageEvent, ...]
+
+
+async def seed_drivers(store: Store, today: datetime) -> SeededDrivers:
+    """``research-agent``'s agent runs early today, on gpt-4o, each call with its shape and run tag."""
+    events = []
+    minute = 0
+    for run, size in RUN_SIZES.items():
+        for step in range(size):
+            cached = AGENT_CACHED if step else 0  # the first call of a run misses the cache
+            minute += 7
+            event = usage(today + timedelta(minutes=minute), workspace="acme", automation=AGENT, model=AGENT_MODEL,
+                          input_tokens=AGENT_INPUT - cached, cache_read_tokens=cached, output_tokens=AGENT_OUTPUT)
+            events.append(event.model_copy(update={
+                "tags": {"agent_run": run, "step": str(step)},
+                "shape": UsageShape(system_chars=SYSTEM_CHARS, input_chars=INPUT_CHARS, messages=2 + 2 * step,
+                                    tools=3, images=0, system_fingerprint=SYSTEM_FINGERPRINT),
+            }))
+    await store.ingest(events)
+    return SeededDrivers(tuple(events))
+
+
+@dataclass(frozen=True)
+class HeldCall:
+    """A call admitted by the worker's budget guard and not finished: reserved, in flight."""
+
+    job: CompletionJob
+    call_id: str
+    reply: ProviderReply | None = None
+
+
+@dataclass(frozen=True)
+class SeededBudgets:
+    put: tuple[dict[str, Any], ...]
+    """The bodies PUT to the API, one budget each."""
+    held: tuple[HeldCall, ...]
+    reserved_usd: dict[str, float] = field(default_factory=dict)
+    """call_id -> the worst-case estimate of the call (``worker.budgets.estimate``): what the guard reserves."""
+    set_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+
+BUDGETS: tuple[dict[str, Any], ...] = (
+    {"limit_usd": 25.0, "period": "month", "action": "block"},
+    {"automation_id": AGENT, "limit_usd": 0.25, "period": "day", "action": "block", "max_in_flight": 4},
+    {"automation_id": "support-triage", "max_in_flight": 2},
+)
+IN_FLIGHT = ((AGENT, AGENT_MODEL, 2_000), ("support-triage", "gpt-4o-mini", 1_000))
+"""The calls held in flight: (automation, model, max_tokens)."""
+
+
+def _held_job(n: int, automation: str, model: str, max_tokens: int) -> CompletionJob:
+    return CompletionJob.model_validate({
+        "job_id": f"held-{n}", "workspace_id": "acme", "automation_id": automation,
+        "model": {"provider": "openai", "name": model, "sealed_key": "vault:v1:bm90LWEta2V5"},
+        "input": {"system": "You are a careful research agent.",
+                  "messages": [{"role": "user", "content": "Summarise the open tickets."}],
+                  "max_tokens": max_tokens},
+    })
+
+
+@asynccontextmanager
+async def seed_budgets(url: str, token: str, store_url: str, prices: PriceTable) -> AsyncIterator[SeededBudgets]:
+    """Sets ``BUDGETS`` through the API, then holds ``IN_FLIGHT``'s calls in the worker's guard until the end."""
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as session:
+        for body in BUDGETS:
+            async with session.put(f"{url}/v1/workspaces/acme/budgets", json=body) as response:
+                assert response.status == 200, await response.text()
+    guard = BudgetGuard(store_url, prices, lease_s=900.0)  # the lease outlasts the test: no renewal needed
+    async with AsyncExitStack() as stack:
+        stack.push_async_callback(guard.close)
+        await guard.refresh()  # reads the budgets just set, as a worker does every few seconds
+        held, reserved = [], {}
+        for n, (automation, model, max_tokens) in enumerate(IN_FLIGHT):
+            call = HeldCall(_held_job(n, automation, model, max_tokens), f"held-call-{n}")
+            hook: AbstractAsyncContextManager[None] = guard.hook(call)
+            await stack.enter_async_context(hook)  # admitted, reserved; settled when the stack closes
+            held.append(call)
+            cost = estimate(call.job, prices).cost_usd
+            assert cost is not None
+            reserved[call.call_id] = cost
+        yield SeededBudgets(BUDGETS, tuple(held), reserved)

@@ -280,7 +280,7 @@
     state.data = null;
     $("content").hidden = true;
     for (const id of ["headline", "chart", "legend", "chart-table-wrap", "automations", "models", "anomalies",
-      "budgets"]) {
+      "budgets", "budgets-table-wrap"]) {
       $(id).replaceChildren();
     }
   }
@@ -545,29 +545,45 @@
         el("dt", {}, name.replace(/_/g, " ")), el("dd", {}, detailValue(value))])))));
   }
 
+  // What the page shows of a budget, in the bar's summary and in the table behind the bars alike.
+  function budgetFigures(b) {
+    const spent = b.spent_usd || 0;
+    const reserved = b.reserved_usd || 0;
+    const limited = b.limit_usd !== null && b.limit_usd !== undefined;
+    return {
+      scope: b.automation_id ? `Automation ${b.automation_id}` : "Whole workspace",
+      spent, reserved, limited,
+      used: limited ? (spent + reserved) / b.limit_usd : null,
+      resets: b.resets_at ? `${b.resets_at.slice(0, 16).replace("T", " ")} UTC` : null,
+      // The cap on calls in flight, with or without a spending limit.
+      flight: b.max_in_flight ? `${count(b.in_flight || 0)} of ${count(b.max_in_flight)} calls in flight` : null,
+    };
+  }
+
   function renderBudgets(budgets) {
     $("budgets-section").hidden = !budgets;
     if (!budgets) return;
+    $("budgets-note").textContent =
+      `Spent and reserved are estimates from the price table of ${state.pricesAsOf}: spent is this period's ` +
+      "calls, reserved the worst case of the calls in flight now. Times are UTC.";
     if (!budgets.length) {
       $("budgets").replaceChildren(el("li", {}, "No budget is set for this workspace."));
+      $("budgets-table-wrap").replaceChildren();
       return;
     }
     $("budgets").replaceChildren(...budgets.map((b) => {
-      const scope = b.automation_id ? `Automation ${b.automation_id}` : "Whole workspace";
-      const heading = el("p", {}, el("strong", {}, scope), ` · per ${b.period || "month"} · ${b.action || "block"}`);
-      const resets = b.resets_at ? `; resets ${b.resets_at.slice(0, 16).replace("T", " ")} UTC` : "";
-      const spent = b.spent_usd || 0;
-      const reserved = b.reserved_usd || 0;
-      if (b.limit_usd === null || b.limit_usd === undefined) {
+      const f = budgetFigures(b);
+      const heading = el("p", {}, el("strong", {}, f.scope), ` · per ${b.period || "month"} · ${b.action || "block"}`);
+      const tail = `${f.flight ? `; ${f.flight}` : ""}${f.resets ? `; resets ${f.resets}` : ""}`;
+      if (!f.limited) {
         // A budget may cap concurrent calls only, without a spending limit.
-        const cap = b.max_in_flight ? `; at most ${count(b.max_in_flight)} calls in flight` : "";
-        return el("li", {}, heading,
-          el("p", { class: "note" }, `${usd(spent)} spent + ${usd(reserved)} reserved, no spending limit${cap}${resets}`));
+        return el("li", { "data-budget": b.automation_id || "" }, heading,
+          el("p", { class: "note" }, `${usd(f.spent)} spent + ${usd(f.reserved)} reserved, no spending limit${tail}`));
       }
+      const { spent, reserved, used } = f;
       const scale = Math.max(b.limit_usd, spent + reserved) || 1;
-      const used = (spent + reserved) / (b.limit_usd || 1);
       const summary = `${usd(spent)} spent + ${usd(reserved)} reserved of ${usd(b.limit_usd)} ` +
-        `(${(used * 100).toFixed(0)}%)${resets}`;
+        `(${(used * 100).toFixed(0)}%)${tail}`;
       const bar = svg("svg", { viewBox: "0 0 100 6", preserveAspectRatio: "none", role: "img", "aria-label": summary },
         svg("rect", { x: 0, y: 0, width: 100, height: 6, fill: "#e1e4e9" }),
         svg("rect", { x: 0, y: 0, width: (spent / scale) * 100, height: 6, fill: used >= 1 ? "#a3280f" : "#0b5cad" }),
@@ -575,6 +591,15 @@
         svg("rect", { x: Math.max(0, (b.limit_usd / scale) * 100 - 0.4), y: 0, width: 0.4, height: 6, fill: "#1b1f24" }));
       return el("li", { "data-budget": b.automation_id || "" }, heading, bar, el("p", { class: "note" }, summary));
     }));
+    const rows = budgets.map((b) => {
+      const f = budgetFigures(b);
+      return [f.scope, b.period || "month", b.action || "block", usd(f.spent), usd(f.reserved),
+        f.limited ? usd(b.limit_usd) : "no limit", f.limited ? `${(f.used * 100).toFixed(0)}%` : "–",
+        f.flight ? `${count(b.in_flight || 0)} of ${count(b.max_in_flight)}` : "no cap", f.resets || "–"];
+    });
+    $("budgets-table-wrap").replaceChildren(table("Budgets: estimated spent, reserved and limit this period", [
+      ["Budget", false], ["Period", false], ["Action", false], ["Est. spent", true], ["Est. reserved", true],
+      ["Limit", true], ["Used", true], ["Calls in flight (cap)", true], ["Resets (UTC)", false]], rows));
   }
 
   // ------------------------------------------------------------------ events
@@ -622,13 +647,16 @@
     for (const button of document.querySelectorAll("button[data-stack]")) {
       button.addEventListener("click", () => setStack(button.dataset.stack));
     }
-    $("chart-table-toggle").addEventListener("click", () => {
-      const wrap = $("chart-table-wrap");
-      const show = wrap.classList.contains("sr-only");
-      wrap.classList.toggle("sr-only", !show);
-      $("chart-table-toggle").setAttribute("aria-expanded", String(show));
-      $("chart-table-toggle").textContent = show ? "Hide the table" : "Show as a table";
-    });
+    // The table behind a chart or the budget bars: kept for screen readers, shown on request.
+    for (const [toggle, wrap] of [["chart-table-toggle", "chart-table-wrap"], ["budgets-table-toggle",
+      "budgets-table-wrap"]]) {
+      $(toggle).addEventListener("click", () => {
+        const show = $(wrap).classList.contains("sr-only");
+        $(wrap).classList.toggle("sr-only", !show);
+        $(toggle).setAttribute("aria-expanded", String(show));
+        $(toggle).textContent = show ? "Hide the table" : "Show as a table";
+      });
+    }
     let resizing = null;
     window.addEventListener("resize", () => {
       clearTimeout(resizing);
