@@ -344,9 +344,9 @@ def markdown(results: dict[str, Any], found: list[Row], profiling: Path) -> str:
         "keys and one sealed key each (what `byok keys create/seal` do); a worker warm for one workspace that "
         f"gets {z['p5_warm_rate']:.0f} jobs/s; from t=2 s one job for each of the 1,000 new workspaces, spread "
         f"over {z['p5_paced_s']:.0f} s (paced: does unsealing hold anything else up?) and, on a fresh worker, all "
-        "at once (burst: how fast 1,000 unseals drain; warm jobs queue behind the burst in the FIFO queue, so "
-        "cold jobs wait for Vault outside the run slots, so the warm ones keep their latency). Warm-job latency is "
-        "compared before the cold jobs and until the last of them is done.",
+        "at once (burst: how fast 1,000 unseals drain, and what the warm workspace waits meanwhile: its turn "
+        "among 1,000 other workspaces, each owed one). Warm-job latency is compared before the cold jobs and "
+        "until the last of them is done.",
         f"- **P6** `worker.aggregator.bench.bench_ingest(store_url, {z['p6_events']})` on a SQLite file and on the "
         "local PostgreSQL (throwaway schema).",
         f"- **P7** P1's load ({z.get('p7_jobs', 0):,} jobs, prefetch {z['p1_prefetch']}) on a worker whose 16 "
