@@ -172,10 +172,12 @@ async def test_a_publishers_trace_reaches_the_workers_genai_spans_and_the_result
     assert openai_chat["gen_ai.usage.reasoning.output_tokens"] > 0
     assert anthropic_chat["gen_ai.usage.cache_creation.input_tokens"] > 0
 
-    # Vault: one unseal span per sealed key (a cache miss each), inside a job's trace; cache hits make none.
+    # Vault: one unseal span per sealed key (a cache miss each), in a job's trace; cache hits make none. The key
+    # is unsealed before the job takes a run slot, so its span is a sibling of the job's span (same parent).
     unseals = [s for s in spans if s.name == "unseal"]
-    job_spans = {s.span_id for s in spans if s.kind == "CONSUMER"}
-    assert len(unseals) == 4 and all(s.parent_span_id in job_spans and s.kind == "CLIENT" for s in unseals)
+    job_parents = {(s.trace_id, s.parent_span_id) for s in spans if s.kind == "CONSUMER"}
+    assert len(unseals) == 4 and all(s.kind == "CLIENT" for s in unseals)
+    assert all((s.trace_id, s.parent_span_id) in job_parents for s in unseals), (unseals, job_parents)
 
     # A job without a traceparent starts a trace of its own, which its result carries on.
     fresh = next(s for s in spans if s.kind == "CONSUMER" and s.attributes.get("byok.job.id") == "trace-fresh")

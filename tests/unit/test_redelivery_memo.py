@@ -46,6 +46,7 @@ class FakeMessage:
     body: bytes
     message_id: str
     redelivered: bool = False
+    routing_key: str = "completion"
     headers: dict[str, Any] = field(default_factory=dict)
     correlation_id: str | None = None
     reply_to: str | None = None

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict, deque
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import orjson
@@ -35,6 +36,8 @@ UNKNOWN_WORKSPACE = ""
 StartJob = Callable[[AbstractIncomingMessage], "asyncio.Task[None]"]
 MoveJob = Callable[[AbstractIncomingMessage], Awaitable[None]]
 MayMove = Callable[[AbstractIncomingMessage], bool]
+TraceContext = Callable[[Mapping[str, Any]], AbstractContextManager[None]]
+"""Makes a job's trace current from its headers while its key is unsealed (``Tracing.continued``)."""
 
 
 def job_fields(body: bytes) -> Any:
@@ -56,7 +59,8 @@ class FairShare:
     delivery may be moved at all (not a redelivery, not a job back from a delay queue)."""
 
     def __init__(self, start: StartJob, *, slots: int, hold: int | None, move: MoveJob, may_move: MayMove,
-                 warmup: KeyWarmup | None = None, allowed_hosts: frozenset[str] | None = None) -> None:
+                 warmup: KeyWarmup | None = None, allowed_hosts: frozenset[str] | None = None,
+                 trace_context: TraceContext | None = None) -> None:
         self._start = start
         self._slots = slots
         self._hold = hold
@@ -64,6 +68,7 @@ class FairShare:
         self._may_move = may_move
         self._warmup = warmup
         self._allowed_hosts = allowed_hosts
+        self._trace_context = trace_context
         self._waiting: dict[str, deque[AbstractIncomingMessage]] = {}
         self._turns: deque[str] = deque()
         """Workspaces with jobs waiting, in the order they get their next slot."""
@@ -144,7 +149,8 @@ class FairShare:
     async def _warming(self, warmup: KeyWarmup, ref: SealedKeyRef, message: AbstractIncomingMessage,
                        workspace: str) -> None:
         # Cancelled only by ``forget`` and ``stop``, which drop every count themselves.
-        await warmup.warm(ref)
+        with nullcontext() if self._trace_context is None else self._trace_context(message.headers or {}):
+            await warmup.warm(ref)
         self._enqueue(message, workspace)
 
     async def _moving(self, message: AbstractIncomingMessage, workspace: str) -> None:

@@ -197,7 +197,8 @@ class Worker:
         fair = FairShare(consumer.on_message, slots=settings.prefetch,
                          hold=settings.prefetch if settings.sort_window else None,
                          move=consumer.move_to_overflow, may_move=consumer.may_move, warmup=self._warmup,
-                         allowed_hosts=settings.allowed_hosts)
+                         allowed_hosts=settings.allowed_hosts,
+                         trace_context=None if self.tracing is None else self.tracing.continued)
         self.metrics.waiting.set_function(lambda: fair.waiting)
         self.metrics.waiting_workspaces.set_function(lambda: fair.waiting_workspaces)
         return fair

@@ -7,10 +7,12 @@ and a job costs what it cost before. Otherwise one trace per job, continued from
 ``tracestate`` headers:
 
     process <jobs queue>         CONSUMER  one per delivery
-      unseal                     CLIENT    a Vault transit decrypt (an unseal-cache miss only)
       chat <model>               CLIENT    one per provider call (``worker.jobs.call_span``)
       send <exchange>            PRODUCER  each result, reply and usage event; its context is the
                                            ``traceparent`` header of the message it sends
+    unseal                       CLIENT    a Vault transit decrypt (an unseal-cache miss only), made while
+                                           the job waits for its key, before it takes a run slot: in the
+                                           job's trace, a sibling of its ``process`` span
 
 Spans carry names, ids, counts and error codes only: never a prompt, an output, a key, a token or a sealed
 key. The tracer provider is the worker's own (not the process-global one), exports in batches from a thread
@@ -26,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from opentelemetry import context as otel_context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
@@ -218,6 +221,17 @@ class Tracing:
         span.set_attributes(job_attributes(fields))
         if error_code is not None:
             failed(span, error_code)
+
+    @staticmethod
+    @contextmanager
+    def continued(headers: Mapping[str, Any]) -> Iterator[None]:
+        """The publisher's context current, without a span of its own: what a job does before its ``process``
+        span starts (its key's unseal) lands in the job's trace."""
+        token = otel_context.attach(W3C.extract(trace_carrier(headers)))
+        try:
+            yield
+        finally:
+            otel_context.detach(token)
 
     @staticmethod
     def carry_current(headers: dict[str, Any]) -> None:

@@ -35,6 +35,7 @@ class FakeMessage:
     message_id: str = "job-1"
     body: bytes = BODY
     redelivered: bool = False
+    routing_key: str = "completion"
     reply_to: str | None = None
     correlation_id: str | None = "corr-1"
     headers: dict[str, Any] = field(default_factory=dict)
@@ -251,6 +252,17 @@ async def test_only_a_redelivery_is_settled_from_memory() -> None:
     await settle(consumer, FakeMessage())
     await settle(consumer, FakeMessage(redelivered=False))
     assert len(runner.runs) == 2, "a new message with the same id is a new job"
+
+
+async def test_a_moved_copy_of_a_job_that_ran_here_is_settled_from_memory() -> None:
+    """The original's ack was lost after its move: it came back, ran here, and its overflow copy follows."""
+    runner = FakeRunner(succeeded())
+    consumer = consumer_of(runner, FakePublisher())
+    await settle(consumer, FakeMessage(redelivered=True))
+    copy = FakeMessage(routing_key="t.jobs.overflow")
+    await settle(consumer, copy)
+    assert copy.settled == ["ack"]
+    assert len(runner.runs) == 1, "the provider is not called twice for one job"
 
 
 async def test_a_retry_is_not_remembered() -> None:
