@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -210,20 +209,28 @@ async def test_three_thousand_jobs_through_a_cluster_losing_the_queue_leader_the
 
         counts: dict[str, Any] = {}
         reading = aggregator.model_copy(update={"unreported_grace_s": 0.0})  # every call without usage, at once
+        last: dict[str, Any] = {}
 
-        async def counted() -> dict[str, Any] | None:
-            """Settled: the aggregator's queue is empty and every billed call is counted or unreported."""
+        async def counted() -> tuple[dict[str, Any], set[str], set[str]] | None:
+            """Settled: a consumption read while the store did not change, with every billed call counted or open,
+            and every usage event the tap saw stored, or else nothing new stored for 2 s (the rest were cut)."""
+            before = await _stored_usage_and_open_calls(agg.store.writer)
             summary = await query_consumption(reading, WORKSPACE, None, None, ())
+            stored, open_calls = await _stored_usage_and_open_calls(agg.store.writer)
+            events = set(published_usage())
             counts.update(requests=summary["totals"]["requests"], unreported=summary["totals"]["unreported_calls"],
-                          usage_queue=await asyncio.to_thread(_messages, cluster, c3, names.usage_queue))
-            every_call = counts["requests"] + counts["unreported"] == simulator.ledger.totals()["requests"]
-            return summary if counts["usage_queue"] == 0 and every_call else None
+                          stored=len(stored), open=len(open_calls), not_stored=len(events - stored))
+            if (stored, open_calls) != last.get("snapshot"):
+                last.update(snapshot=(stored, open_calls), since=time.monotonic())
+            consistent = before == (stored, open_calls) and counts["requests"] == len(stored)
+            every_call = counts["requests"] + counts["unreported"] >= simulator.ledger.totals()["requests"]
+            quiet = time.monotonic() - last["since"] >= 2.0 and events <= stored | open_calls
+            return (summary, stored, open_calls) if consistent and every_call and (events <= stored or quiet) else None
 
-        summary = await wait_until(
+        summary, stored, open_calls = await wait_until(
             counted, timeout=60, what=lambda: f"every billed call in the consumption: {counts}, "
             f"{len(published_usage())} usage events published, {simulator.ledger.totals()['requests']} calls billed; "
             + _state(cluster, c3, w1, w2))
-        stored, open_calls = await _stored_usage_and_open_calls(agg.store.writer)
         dead_connection = await aio_pika.connect(c3.url)
         async with dead_connection:
             probe = await dead_connection.channel()
@@ -262,7 +269,13 @@ async def test_three_thousand_jobs_through_a_cluster_losing_the_queue_leader_the
     assert totals == reported, "every usage event the aggregator received is counted exactly once, to the token"
     assert cut <= open_calls and len(open_calls) == unreported, \
         "a usage event cut on its way to the aggregator leaves its call counted as unreported"
-    assert totals["requests"] + unreported == ledger["requests"], "requests + unreported_calls = the calls billed"
+    # The other way round, a call record published as its node stopped can reach the aggregator although the
+    # worker, without the confirm, never made the call: an open call nobody billed. Unreported calls are the
+    # calls that may have been billed, so they bound the billed ones from above, by at most the calls cut.
+    never_made = totals["requests"] + unreported - ledger["requests"]
+    print(f"[cluster] call records of calls never made (their record cut by a stop): {never_made}")
+    assert 0 <= never_made <= in_flight_first + in_flight_second, \
+        "requests + unreported_calls covers every billed call, over by at most the calls the stops cut"
     assert min(reconnects) >= 1, "the workers and the aggregator failed over"
 
 
@@ -276,12 +289,6 @@ async def _stored_usage_and_open_calls(store: Database) -> tuple[set[str], set[s
             "AND NOT EXISTS (SELECT 1 FROM usage_events e WHERE e.event_id = c.call_id)", (WORKSPACE,))}
         return stored, open_calls
     return await store.run(read, write=False)
-
-
-def _messages(cluster: RabbitCluster, via: ClusterNode, queue: str) -> int:
-    """Ready and unacknowledged messages in ``queue``."""
-    listed = json.loads(cluster.ctl(via, "list_queues", "-p", "/", "name", "messages", "--formatter", "json"))
-    return next(int(q["messages"]) for q in listed if q["name"] == queue)
 
 
 async def _other_leader(cluster: RabbitCluster, via: ClusterNode, queue: str, old: ClusterNode) -> str | None:
