@@ -36,7 +36,8 @@ def no_configure_url(settings: Settings) -> Iterator[str]:
     configure nothing, as deploy/rabbitmq/definitions.json gives byok-worker."""
     parts = urlsplit(settings.amqp_url.get_secret_value())
     vhost = parts.path.lstrip("/")
-    user, password = f"byok-noconf-{secrets.token_hex(4)}", secrets.token_urlsafe(16)
+    # hex: a urlsafe password may start with "-", which rabbitmqctl reads as an option
+    user, password = f"byok-noconf-{secrets.token_hex(4)}", secrets.token_hex(16)
     prefix = re.escape(settings.topology_prefix)
     rabbitmqctl("add_user", user, password)
     try:
