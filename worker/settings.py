@@ -172,6 +172,12 @@ class WorkerSettings(TopologySettings, VaultSettings, ConsumptionSettings):
                     "BYOK_PREFETCH jobs waiting has its next ones moved to byok.jobs.overflow; 0: queue order, "
                     "nothing moved",
     )
+    cold_key_slots: int = Field(
+        default=16, ge=0, le=65535,
+        description="run slots at most for jobs whose key had to be unsealed (a workspace new to this worker); "
+                    "they take a free slot before warm jobs, up to this many, and at most half of BYOK_PREFETCH; "
+                    "0, or BYOK_SORT_WINDOW 0: no cold lane",
+    )
     unseal_concurrency: int = Field(
         default=16, ge=1, le=1000, description="Vault calls at a time to unseal the keys of jobs not yet running",
     )

@@ -1,4 +1,5 @@
-"""The README's examples work when copied: its job validates, and it needs nothing outside the repository."""
+"""The README's examples work when copied: its job validates, and it needs nothing outside the repository; its
+settings table names every setting, with the default the code has."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from schemas.models import CompletionJob, Provider
+from worker.aggregator.settings import AggregatorSettings
 from worker.keys.endpoint import Endpoint
+from worker.settings import Settings
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 SIMULATOR_PORT = 8099  # what the README starts `byok simulate-provider` on
@@ -56,3 +59,26 @@ def test_the_job_of_run_it_by_hand_is_valid_once_the_sealed_key_is_filled_in() -
 def test_the_readme_needs_nothing_beside_the_repository() -> None:
     assert "../shared" not in README
     assert "DESIGN.md" not in README
+
+
+SETTING_FIELDS = {**Settings.model_fields, **AggregatorSettings.model_fields}
+
+
+def test_every_setting_is_in_the_readme() -> None:
+    missing = sorted(f"BYOK_{name.upper()}" for name in SETTING_FIELDS if f"`BYOK_{name.upper()}`" not in README)
+    assert not missing, f"settings the README does not name: {missing}"
+
+
+def test_the_settings_table_gives_the_defaults_the_code_has() -> None:
+    rows = re.findall(r"^\| `(BYOK_[A-Z0-9_]+)` \| `([^`|]*)` \|", section("Settings (environment)"), re.MULTILINE)
+    assert len(rows) > 30, "the table of one setting per row was not found"
+    for name, documented in rows:
+        field = SETTING_FIELDS.get(name.removeprefix("BYOK_").lower())
+        assert field is not None, f"{name} is in the README but is not a setting"
+        default = field.default
+        if isinstance(default, bool):
+            assert documented == str(default).lower(), name
+        elif isinstance(default, int | float):
+            assert float(documented) == default, f"{name}: README {documented}, code {default}"
+        elif isinstance(default, str):
+            assert documented == default, f"{name}: README {documented!r}, code {default!r}"

@@ -7,9 +7,14 @@ next job from ``byok.jobs`` moved to ``byok.jobs.overflow`` (published, confirme
 ``byok.jobs`` short while one workspace floods it, so the jobs of every other workspace behind the flood reach
 a worker within moments instead of after the whole backlog. Jobs from the overflow queue are never moved again.
 
-A job whose key is not in the unseal cache waits for Vault in ``KeyWarmup``, holding no run slot, and becomes
-runnable once its key is in. Nothing here acks a job it did not move: a job still waiting when the connection
-is lost or the worker stops is left unacked, and the broker delivers it again.
+A job whose key is not in the unseal cache waits for Vault in ``KeyWarmup``, holding no run slot, and once its
+key is in it waits in the cold lane: at most ``cold_slots`` cold jobs run at a time, and they take free slots
+before the warm ones, so a thousand new workspaces get a steady share but never every slot a warm workspace's
+next job needs. With ``cold_hold`` cold jobs waiting here, the next cold one from ``byok.jobs`` is moved to
+the overflow queue, which keeps ``byok.jobs`` flowing when many new workspaces arrive at once.
+
+Nothing here acks a job it did not move: a job still waiting when the connection is lost or the worker stops
+is left unacked, and the broker delivers it again.
 """
 
 from __future__ import annotations
@@ -53,14 +58,51 @@ def workspace_of(raw: Any) -> str:
     return workspace if isinstance(workspace, str) else UNKNOWN_WORKSPACE
 
 
+class _Lane:
+    """Jobs waiting for a run slot, taken round-robin by workspace."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[str, deque[AbstractIncomingMessage]] = {}
+        self._turns: deque[str] = deque()
+        """Workspaces with jobs waiting, in the order they get their next slot."""
+
+    def __bool__(self) -> bool:
+        return bool(self._turns)
+
+    def add(self, message: AbstractIncomingMessage, workspace: str) -> None:
+        waiting = self._waiting.get(workspace)
+        if waiting is None:
+            waiting = self._waiting[workspace] = deque()
+            self._turns.append(workspace)
+        waiting.append(message)
+
+    def take(self) -> tuple[AbstractIncomingMessage, str]:
+        workspace = self._turns.popleft()
+        waiting = self._waiting[workspace]
+        message = waiting.popleft()
+        if waiting:
+            self._turns.append(workspace)
+        else:
+            del self._waiting[workspace]
+        return message, workspace
+
+    def clear(self) -> None:
+        self._waiting.clear()
+        self._turns.clear()
+
+
 class FairShare:
     """``slots`` jobs running at most; ``hold`` jobs of one workspace waiting here before the next is moved
     (None: never moved). ``move`` publishes a job to the overflow queue and acks it; ``may_move`` says whether a
-    delivery may be moved at all (not a redelivery, not a job back from a delay queue)."""
+    delivery may be moved at all (not a redelivery, not a job back from a delay queue). ``cold_slots``: cold jobs
+    (their key had to be unsealed) running at most, ahead of warm ones for a free slot (None: no cold lane, they
+    wait in turn with the others); ``cold_hold``: cold jobs waiting here before the next cold one from
+    ``byok.jobs`` is moved (None: never)."""
 
     def __init__(self, start: StartJob, *, slots: int, hold: int | None, move: MoveJob, may_move: MayMove,
                  warmup: KeyWarmup | None = None, allowed_hosts: frozenset[str] | None = None,
-                 trace_context: TraceContext | None = None) -> None:
+                 trace_context: TraceContext | None = None, cold_slots: int | None = None,
+                 cold_hold: int | None = None) -> None:
         self._start = start
         self._slots = slots
         self._hold = hold
@@ -69,12 +111,16 @@ class FairShare:
         self._warmup = warmup
         self._allowed_hosts = allowed_hosts
         self._trace_context = trace_context
-        self._waiting: dict[str, deque[AbstractIncomingMessage]] = {}
-        self._turns: deque[str] = deque()
-        """Workspaces with jobs waiting, in the order they get their next slot."""
+        self._cold_slots = cold_slots
+        self._cold_hold = cold_hold
+        self._warm = _Lane()
+        self._cold = _Lane()
         self._held: defaultdict[str, int] = defaultdict(int)
         """Jobs per workspace waiting here or for their key (not running)."""
+        self.cold_waiting = 0
+        """Cold jobs waiting here or for their key (not running)."""
         self.running = 0
+        self.cold_running = 0
         self.moved = 0
         self._warming_tasks: set[asyncio.Task[None]] = set()
         self._moving_tasks: set[asyncio.Task[None]] = set()
@@ -103,41 +149,46 @@ class FairShare:
             return  # stopping: left unacked, delivered again elsewhere
         raw = job_fields(message.body)
         workspace = workspace_of(raw)
-        if (movable and self._hold is not None and self._held.get(workspace, 0) >= self._hold
-                and self._may_move(message)):
-            self._side_task(self._moving(message, workspace), self._moving_tasks)
-            return
-        self._held[workspace] += 1
         ref = sealed_key_ref(raw, self._allowed_hosts) if self._warmup is not None else None
+        cold = ref is not None and self._warmup is not None and self._warmup.is_cold(ref)
+        over_hold = self._hold is not None and self._held.get(workspace, 0) >= self._hold
+        over_cold_hold = cold and self._cold_hold is not None and self.cold_waiting >= self._cold_hold
+        if movable and (over_hold or over_cold_hold) and self._may_move(message):
+            self._side_task(self._moving(message, workspace, ref), self._moving_tasks)
+            return
+        self._keep(message, workspace, ref)
+
+    def _keep(self, message: AbstractIncomingMessage, workspace: str, ref: SealedKeyRef | None) -> None:
+        self._held[workspace] += 1
         if ref is not None and self._warmup is not None and self._warmup.is_cold(ref):
+            if self._cold_slots is not None:
+                self.cold_waiting += 1
             self._side_task(self._warming(self._warmup, ref, message, workspace), self._warming_tasks)
             return
-        self._enqueue(message, workspace)
-
-    def _enqueue(self, message: AbstractIncomingMessage, workspace: str) -> None:
-        waiting = self._waiting.get(workspace)
-        if waiting is None:
-            waiting = self._waiting[workspace] = deque()
-            self._turns.append(workspace)
-        waiting.append(message)
+        self._warm.add(message, workspace)
         self._dispatch()
 
     def _dispatch(self) -> None:
-        while self.running < self._slots and self._turns and not self._stopped:
-            workspace = self._turns.popleft()
-            waiting = self._waiting[workspace]
-            message = waiting.popleft()
-            if waiting:
-                self._turns.append(workspace)
-            else:
-                del self._waiting[workspace]
+        while self.running < self._slots and not self._stopped:
+            cold = (self._cold_slots is not None and self.cold_running < self._cold_slots
+                    and bool(self._cold))
+            if not cold and not self._warm:
+                return
+            message, workspace = (self._cold if cold else self._warm).take()
             self._release(workspace)
             self.running += 1
-            self._start(message).add_done_callback(self._finished)
+            if cold:
+                self.cold_waiting -= 1
+                self.cold_running += 1
+            self._start(message).add_done_callback(self._cold_finished if cold else self._finished)
 
     def _finished(self, _task: asyncio.Task[None]) -> None:
         self.running -= 1
         self._dispatch()
+
+    def _cold_finished(self, _task: asyncio.Task[None]) -> None:
+        self.cold_running -= 1
+        self._finished(_task)
 
     def _release(self, workspace: str) -> None:
         left = self._held[workspace] - 1
@@ -151,9 +202,10 @@ class FairShare:
         # Cancelled only by ``forget`` and ``stop``, which drop every count themselves.
         with nullcontext() if self._trace_context is None else self._trace_context(message.headers or {}):
             await warmup.warm(ref)
-        self._enqueue(message, workspace)
+        (self._warm if self._cold_slots is None else self._cold).add(message, workspace)
+        self._dispatch()
 
-    async def _moving(self, message: AbstractIncomingMessage, workspace: str) -> None:
+    async def _moving(self, message: AbstractIncomingMessage, workspace: str, ref: SealedKeyRef | None) -> None:
         try:
             await self._move(message)
         except asyncio.CancelledError:
@@ -162,8 +214,7 @@ class FairShare:
             log.warning("job.move_failed", message_id=message.message_id, error=type(exc).__name__,
                         note="kept in this worker's window")
             if not self._stopped:
-                self._held[workspace] += 1
-                self._enqueue(message, workspace)
+                self._keep(message, workspace, ref)
             return
         self.moved += 1
 
@@ -177,9 +228,7 @@ class FairShare:
 
     def forget(self) -> None:
         """The connection is gone: the jobs waiting here went with it (the broker delivers them again)."""
-        self._waiting.clear()
-        self._turns.clear()
-        self._held.clear()
+        self._drop_waiting()
         for task in (*self._warming_tasks, *self._moving_tasks):
             task.cancel()
 
@@ -187,11 +236,15 @@ class FairShare:
         """No job starts from now on. Moves under way finish (a move cut between its confirmed publish and the
         ack would leave the job in both queues); key warm-ups are cancelled."""
         self._stopped = True
-        self._waiting.clear()
-        self._turns.clear()
-        self._held.clear()
+        self._drop_waiting()
         for task in self._warming_tasks:
             task.cancel()
         pending = [*self._warming_tasks, *self._moving_tasks]
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
+
+    def _drop_waiting(self) -> None:
+        self._warm.clear()
+        self._cold.clear()
+        self._held.clear()
+        self.cold_waiting = 0

@@ -194,11 +194,13 @@ class Worker:
 
     def _fair_share(self, consumer: JobConsumer) -> FairShare:
         settings = self.settings
+        cold = cold_slots(settings)
         fair = FairShare(consumer.on_message, slots=settings.prefetch,
                          hold=settings.prefetch if settings.sort_window else None,
                          move=consumer.move_to_overflow, may_move=consumer.may_move, warmup=self._warmup,
                          allowed_hosts=settings.allowed_hosts,
-                         trace_context=None if self.tracing is None else self.tracing.continued)
+                         trace_context=None if self.tracing is None else self.tracing.continued,
+                         cold_slots=cold, cold_hold=settings.sort_window if cold is not None else None)
         self.metrics.waiting.set_function(lambda: fair.waiting)
         self.metrics.waiting_workspaces.set_function(lambda: fair.waiting_workspaces)
         return fair
@@ -232,6 +234,14 @@ class Worker:
             for task in unfinished:
                 task.cancel()
             await asyncio.gather(*unfinished, return_exceptions=True)
+
+
+def cold_slots(settings: Settings) -> int | None:
+    """The cold lane's run slots: ``BYOK_COLD_KEY_SLOTS``, at most half the run slots (at least one); None when
+    it or the sort window is 0."""
+    if settings.cold_key_slots == 0 or settings.sort_window == 0:
+        return None
+    return min(settings.cold_key_slots, max(1, settings.prefetch // 2))
 
 
 @functools.cache

@@ -12,8 +12,10 @@ from pydantic import SecretStr
 
 from tests.waiting import wait_until
 from worker.jobs.fair_share import UNKNOWN_WORKSPACE, FairShare
+from worker.jobs.service import cold_slots
 from worker.keys.unseal_cache import UnsealCache
 from worker.keys.warmup import KeyWarmup, sealed_key_ref
+from worker.settings import Settings
 
 SEALED = "vault:v1:c2VhbGVk"
 
@@ -63,9 +65,11 @@ class Mover:
 
 
 def share(slots: Slots, *, slots_n: int, hold: int | None = None, mover: Mover | None = None,
-          warmup: KeyWarmup | None = None) -> FairShare:
+          warmup: KeyWarmup | None = None, cold_slots: int | None = None,
+          cold_hold: int | None = None) -> FairShare:
     return FairShare(slots.start, slots=slots_n, hold=hold, move=mover or Mover(),
-                     may_move=lambda m: not m.redelivered, warmup=warmup)
+                     may_move=lambda m: not m.redelivered, warmup=warmup, cold_slots=cold_slots,
+                     cold_hold=cold_hold)
 
 
 async def test_the_next_slot_goes_to_the_workspaces_in_turn_not_in_queue_order() -> None:
@@ -167,6 +171,71 @@ async def test_a_cold_key_waits_for_vault_without_a_run_slot() -> None:
     assert slots.started == ["warm-1", "cold-1", "cold-2"]
 
 
+def warmup_with(vault: Vault) -> KeyWarmup:
+    return KeyWarmup(UnsealCache(ttl_s=60, max_entries=1000), vault, concurrency=100)
+
+
+async def test_cold_jobs_run_in_their_own_lane_at_most_cold_slots_at_a_time() -> None:
+    slots, vault = Slots(), Vault()
+    fair = share(slots, slots_n=4, warmup=warmup_with(vault), cold_slots=2)
+    for i in range(1, 7):
+        fair.offer(job(f"new{i}", f"new-ws-{i}", sealed=SEALED), movable=False)
+    vault.release.set()
+    await wait_until(lambda: not fair._warming_tasks)
+    assert slots.started == ["new1", "new2"], "six new workspaces, two cold slots: two free slots stay for warm jobs"
+    assert fair.cold_running == 2 and fair.cold_waiting == 4
+    for i in range(1, 4):
+        fair.offer(job(f"warm{i}", "known"), movable=False)  # keyless: nothing to unseal
+    assert slots.started == ["new1", "new2", "warm1", "warm2"]
+    await slots.finish("warm1")
+    assert slots.started[-1] == "warm3", "a warm job's slot freed with the cold lane full goes to a warm job"
+    await slots.finish("new1")
+    assert slots.started[-1] == "new3"
+    assert fair.cold_running == 2 and fair.cold_waiting == 3
+
+
+async def test_a_free_slot_goes_to_a_cold_job_first_while_the_lane_is_under_its_slots() -> None:
+    slots, vault = Slots(), Vault()
+    fair = share(slots, slots_n=2, warmup=warmup_with(vault), cold_slots=1)
+    for name in ("w1", "w2", "w3", "w4"):
+        fair.offer(job(name, "busy"), movable=False)
+    fair.offer(job("new1", "new-ws", sealed=SEALED), movable=False)
+    vault.release.set()
+    await wait_until(lambda: not fair._warming_tasks)
+    assert slots.started == ["w1", "w2"]
+    await slots.finish("w1")
+    assert slots.started == ["w1", "w2", "new1"], "the new workspace is not starved by a warm backlog"
+    await slots.finish("w2")
+    assert slots.started[-1] == "w3"
+    assert fair.cold_running == 1 and fair.running == 2
+
+
+async def test_cold_jobs_from_the_jobs_queue_beyond_the_cold_hold_are_moved() -> None:
+    slots, vault, mover = Slots(), Vault(), Mover()
+    fair = share(slots, slots_n=4, mover=mover, warmup=warmup_with(vault), cold_slots=2, cold_hold=3)
+    for i in range(1, 6):
+        fair.offer(job(f"new{i}", f"new-ws-{i}", sealed=SEALED), movable=True)
+    fair.offer(job("new6", "new-ws-6", sealed=SEALED), movable=False)  # from the overflow queue: never moved
+    fair.offer(job("warm1", "known"), movable=True)
+    await wait_until(lambda: len(mover.moved) == 2)
+    assert mover.moved == ["new4", "new5"], "three cold jobs wait for Vault here; the next two go to overflow"
+    assert slots.started == ["warm1"], "a warm job behind them is not held up"
+    vault.release.set()
+    await wait_until(lambda: not fair._warming_tasks)
+    assert slots.started == ["warm1", "new1", "new2"]
+    assert fair.cold_waiting == 2 and fair.waiting == 2
+
+
+async def test_without_a_cold_lane_unsealed_jobs_take_turns_with_the_others() -> None:
+    slots, vault = Slots(), Vault()
+    fair = share(slots, slots_n=2, warmup=warmup_with(vault))
+    for i in range(1, 4):
+        fair.offer(job(f"new{i}", f"new-ws-{i}", sealed=SEALED), movable=False)
+    vault.release.set()
+    await wait_until(lambda: not fair._warming_tasks)
+    assert slots.started == ["new1", "new2"] and fair.cold_running == 0 and fair.cold_waiting == 0
+
+
 async def test_a_key_is_unsealed_early_only_for_an_endpoint_the_run_would_call() -> None:
     allowed = frozenset({"llm.internal:443"})
     raw = orjson.loads(job("j", "ws", sealed=SEALED).body)
@@ -212,3 +281,11 @@ async def test_stopping_starts_nothing_more_and_lets_a_move_finish() -> None:
     await slots.finish("a1")
     fair.offer(job("a4", "ws"), movable=False)
     assert slots.started == ["a1"], "a2 waited, a4 arrived: neither starts once stopping"
+
+
+def test_the_cold_lane_takes_at_most_half_the_run_slots_and_is_off_with_the_sort_window() -> None:
+    assert cold_slots(Settings()) == 16
+    assert cold_slots(Settings(prefetch=8)) == 4
+    assert cold_slots(Settings(prefetch=1)) == 1
+    assert cold_slots(Settings(cold_key_slots=0)) is None
+    assert cold_slots(Settings(sort_window=0)) is None
