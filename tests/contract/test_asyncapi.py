@@ -112,12 +112,17 @@ def test_every_exchange_and_route_is_in_the_document(committed: dict[str, Any]) 
     for channel_id, channel in committed["channels"].items():
         assert channel.get("messages"), f"channel {channel_id} carries no message: add its route to messages.py"
     for route in message_routes(names):
-        channel = committed["channels"][asyncapi.channel_id(route.exchange, names)]
+        channel = committed["channels"][asyncapi.channel_id(route.exchange, names, route.routing_key)]
         assert route.message in channel["messages"]
         if channel["address"] is None and "x-byok-routing-keys" in channel:  # several key patterns on one exchange
             assert channel["x-byok-routing-keys"][route.message] == route.routing_key
         else:
             assert channel["address"] == route.routing_key
+    queues = {queue["queue"] for channel in committed["channels"].values()
+              for queue in channel.get("x-byok-queues", [])}
+    assert queues == {queue.name for queue in spec.queues}, "every queue of the topology, and only those"
+    overflow = committed["channels"]["jobs_overflow"]
+    assert overflow["address"] == names.overflow_queue and set(overflow["messages"]) == {"moved_job"}
     results = committed["channels"]["results"]
     assert results["address"] == "{workspace_id}.{automation_id}.{status}"
     assert results["parameters"]["status"]["enum"] == [status.value for status in Status]

@@ -53,9 +53,12 @@ def schema_file(model: type[BaseModel]) -> str:
     raise LookupError(f"{model.__name__} has no JSON Schema in schemas.generate.MODELS")
 
 
-def channel_id(exchange: str, names: Topology) -> str:
+def channel_id(exchange: str, names: Topology, routing_key: str | None = None) -> str:
+    """An exchange's channel; on the default exchange, which routes to the queue its key names, the queue's."""
     if exchange == DEFAULT_EXCHANGE:
-        return REPLY_CHANNEL
+        if routing_key is None or "{" in routing_key:
+            return REPLY_CHANNEL
+        return routing_key.removeprefix(f"{names.prefix}.").replace(".", "_")
     return exchange.removeprefix(f"{names.prefix}.").replace(".", "_")
 
 
@@ -85,7 +88,16 @@ def _channel(exchange: ExchangeSpec | None, routes: list[MessageRoute], spec: To
     keys = {route.routing_key for route in routes}
     address = keys.pop() if len(keys) == 1 else None
     channel: dict[str, Any] = {"address": address}
-    if exchange is None:  # the default exchange: the routing key is the reply_to queue
+    declared = next((queue for queue in spec.queues if queue.name == address), None)
+    if exchange is None and declared is not None:  # the default exchange, to a queue of the topology by name
+        channel["title"] = declared.name
+        channel["description"] = f"RabbitMQ's default exchange: the queue {declared.name} itself."
+        channel["bindings"] = {"amqp": {"is": "queue", "queue": {"name": declared.name, "durable": True,
+                                                                  "exclusive": False, "autoDelete": False},
+                                        "bindingVersion": AMQP_BINDING}}
+        channel["x-byok-queues"] = [{"queue": declared.name, "binding_key": declared.name,
+                                     "arguments": declared.arguments}]
+    elif exchange is None:  # the default exchange: the routing key is the reply_to queue
         channel["title"] = "reply_to"
         channel["description"] = "RabbitMQ's default exchange: the queue the job named in reply_to."
         channel["bindings"] = {"amqp": {"is": "queue", "queue": {"name": "{reply_to}", "exclusive": True},
@@ -123,7 +135,7 @@ def _whole_topology(names: Topology) -> TopologySpec:
 def _operations(routes: tuple[MessageRoute, ...], names: Topology) -> dict[str, Any]:
     operations: dict[str, Any] = {}
     for route in routes:
-        channel = channel_id(route.exchange, names)
+        channel = channel_id(route.exchange, names, route.routing_key)
         for action, roles in (("send", route.sent_by), ("receive", route.received_by)):
             for role in roles:
                 operation: dict[str, Any] = {
@@ -153,9 +165,14 @@ def document(names: Topology | None = None) -> dict[str, Any]:
     routes = message_routes(names)
     exchanges = {exchange.name: exchange for exchange in spec.exchanges}
     channels: dict[str, Any] = {}
-    for name in [*exchanges, *dict.fromkeys(r.exchange for r in routes if r.exchange not in exchanges)]:
-        on_it = [route for route in routes if route.exchange == name]
-        channels[channel_id(name, names)] = _channel(exchanges.get(name), on_it, spec)
+    by_channel: dict[str, tuple[str, list[MessageRoute]]] = {}
+    for name in exchanges:
+        by_channel[channel_id(name, names)] = (name, [])
+    for route in routes:
+        by_channel.setdefault(channel_id(route.exchange, names, route.routing_key),
+                              (route.exchange, []))[1].append(route)
+    for channel, (name, on_it) in by_channel.items():
+        channels[channel] = _channel(exchanges.get(name), on_it, spec)
 
     messages = {route.message: _message(route.message, route.model, route.summary, route.headers) for route in routes}
     routed = {route.model for route in routes}

@@ -70,6 +70,10 @@ def message_routes(names: Topology) -> tuple[MessageRoute, ...]:
         MessageRoute("job", names.jobs_exchange, JOB_ROUTING_KEY, CompletionJob,
                      "A completion job; its AMQP message_id is its job_id, reply_to and correlation_id optional.",
                      (PUBLISHER, OPERATOR), (WORKER,), carried, replied_with="reply"),
+        MessageRoute("moved_job", DEFAULT_EXCHANGE, names.overflow_queue, CompletionJob,
+                     "A job a worker moved aside for fair share between workspaces (README): published as it came, "
+                     "through the default exchange to the overflow queue, then acked on the jobs queue. Only "
+                     "workers publish and read it.", (WORKER,), (WORKER,), carried),
         MessageRoute("delayed_job", names.delay_exchange, "{delay_ms}", CompletionJob,
                      "A job waiting to be retried: the delay queue's TTL sends it back to the jobs exchange.",
                      (WORKER,), (WORKER,), (*carried, HEADER_ATTEMPTS, HEADER_FIRST_SEEN, HEADER_NOT_BEFORE)),
