@@ -69,7 +69,7 @@ async def test_the_metrics_the_readme_lists_count_a_known_set_of_jobs(
     settings: Settings, simulator: ProviderSimulator, tap: BrokerTap, seal: Sealer
 ) -> None:
     listed = readme_metrics()
-    assert len(listed) == 13, listed
+    assert len(listed) == 14, listed
     sealed = seal(WORKSPACE, KEY, Provider.OPENAI, simulator.base_url(Provider.OPENAI))
     known = settings.model_copy(update={"max_attempts": 2, "inline_retry_max_s": 0.5, "metrics_listen": "127.0.0.1:0"})
     async with running(Worker(known)) as worker:
@@ -117,6 +117,7 @@ async def test_the_metrics_the_readme_lists_count_a_known_set_of_jobs(
     assert label_sets(text, "byok_unseal_cache_lookups_total") == [{"result": "hit"}], "no run missed the cache"
     assert value(text, "byok_jobs_waiting") == 0
     assert value(text, "byok_keys_unsealing") == 0
+    assert value(text, "byok_cold_jobs_running") == 0
     assert value(text, "byok_vault_call_seconds_count", outcome="200") == 2
     assert len(label_sets(text, "byok_vault_call_seconds_count")) == 1
     # No connection was lost: nothing was published again.

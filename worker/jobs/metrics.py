@@ -46,6 +46,9 @@ class WorkerMetrics:
                              registry=self.registry)
         self.waiting_workspaces = Gauge("byok_workspaces_waiting", "Workspaces with jobs waiting in this worker",
                                         registry=self.registry)
+        self.cold_running = Gauge("byok_cold_jobs_running",
+                                  "Jobs running in the cold lane: their key had to be unsealed",
+                                  registry=self.registry)
         self.keys_warming = Gauge("byok_keys_unsealing", "Keys of waiting jobs being unsealed now",
                                   registry=self.registry)
         self._jobs: dict[tuple[str, str], Counter] = {}

@@ -203,6 +203,7 @@ class Worker:
                          cold_slots=cold, cold_hold=settings.sort_window if cold is not None else None)
         self.metrics.waiting.set_function(lambda: fair.waiting)
         self.metrics.waiting_workspaces.set_function(lambda: fair.waiting_workspaces)
+        self.metrics.cold_running.set_function(lambda: fair.cold_running)
         return fair
 
     async def _lost(self) -> None:
