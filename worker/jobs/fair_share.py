@@ -8,10 +8,11 @@ next job from ``byok.jobs`` moved to ``byok.jobs.overflow`` (published, confirme
 a worker within moments instead of after the whole backlog. Jobs from the overflow queue are never moved again.
 
 A job whose key is not in the unseal cache waits for Vault in ``KeyWarmup``, holding no run slot, and once its
-key is in it waits in the cold lane: at most ``cold_slots`` cold jobs run at a time, and they take free slots
-before the warm ones, so a thousand new workspaces get a steady share but never every slot a warm workspace's
-next job needs. With ``cold_hold`` cold jobs waiting here, the next cold one from ``byok.jobs`` is moved to
-the overflow queue, which keeps ``byok.jobs`` flowing when many new workspaces arrive at once.
+key is in it waits in the cold lane, round-robin by workspace like the warm one: up to ``cold_slots`` cold jobs
+take a free slot before warm ones, and beyond that only a slot no warm job is waiting for. A thousand new
+workspaces get a steady share, and a warm workspace's next job the next slot freed, not a turn among them.
+With ``cold_hold`` cold jobs waiting here, the next cold one from ``byok.jobs`` is moved to the overflow queue,
+which keeps ``byok.jobs`` flowing when many new workspaces arrive at once.
 
 Nothing here acks a job it did not move: a job still waiting when the connection is lost or the worker stops
 is left unacked, and the broker delivers it again.
@@ -95,9 +96,9 @@ class FairShare:
     """``slots`` jobs running at most; ``hold`` jobs of one workspace waiting here before the next is moved
     (None: never moved). ``move`` publishes a job to the overflow queue and acks it; ``may_move`` says whether a
     delivery may be moved at all (not a redelivery, not a job back from a delay queue). ``cold_slots``: cold jobs
-    (their key had to be unsealed) running at most, ahead of warm ones for a free slot (None: no cold lane, they
-    wait in turn with the others); ``cold_hold``: cold jobs waiting here before the next cold one from
-    ``byok.jobs`` is moved (None: never)."""
+    (their key had to be unsealed) that take a free slot ahead of warm ones; more run only in slots no warm job
+    waits for (None: no cold lane, they wait in turn with the others); ``cold_hold``: cold jobs waiting here
+    before the next cold one from ``byok.jobs`` is moved (None: never)."""
 
     def __init__(self, start: StartJob, *, slots: int, hold: int | None, move: MoveJob, may_move: MayMove,
                  warmup: KeyWarmup | None = None, allowed_hosts: frozenset[str] | None = None,
@@ -169,9 +170,12 @@ class FairShare:
         self._dispatch()
 
     def _dispatch(self) -> None:
+        # A free slot goes to a cold job while fewer than ``cold_slots`` run, then to a warm one, then to a cold
+        # one again: the cold lane is owed its slots and borrows any slot no warm job wants. A warm job arriving
+        # with every slot borrowed takes the next one freed.
         while self.running < self._slots and not self._stopped:
-            cold = (self._cold_slots is not None and self.cold_running < self._cold_slots
-                    and bool(self._cold))
+            owed = self._cold_slots is not None and self.cold_running < self._cold_slots
+            cold = bool(self._cold) and (owed or not self._warm)
             if not cold and not self._warm:
                 return
             message, workspace = (self._cold if cold else self._warm).take()
