@@ -27,12 +27,14 @@ async def test_budgets_api_consumption_and_alerts(settings: Settings, store_url:
     agg = quiet_rules(settings, prices_file=prices_file, store_url=store_url)
     async with running_aggregator(agg) as running, broker(settings) as channel:
         url = f"{running.api_url}/v1/workspaces/acme/budgets"
-        status, body = await _send("PUT", url, json={"limit_usd": 0.001, "period": "day"})
+        status, body = await _send("PUT", url, json={"limit_usd": 0.001, "period": "day", "weight": 2})
         assert status == 200 and body["budgets"][0]["limit_usd"] == 0.001  # type: ignore[index]
+        assert body["budgets"][0]["weight"] == 2  # type: ignore[index]
         status, body = await _send("PUT", url, json={"automation_id": "a1", "max_in_flight": 2, "action": "alert"})
         assert status == 200 and len(body["budgets"]) == 2  # type: ignore[arg-type]
         for bad, problem in (({"limit_usd": 0}, "greater than 0"), ({"max_in_flight": 0}, "greater than or equal"),
-                             ({}, "a limit"), ({"period": "week"}, "period"), ({"color": 1}, "unknown field")):
+                             ({}, "a limit"), ({"period": "week"}, "period"), ({"color": 1}, "unknown field"),
+                             ({"automation_id": "a2", "weight": 2}, "whole workspace"), ({"weight": 0}, "weight")):
             status, body = await _send("PUT", url, json=bad)
             assert status == 400 and problem in str(body["message"]), (bad, body)
         status, body = await _send("DELETE", url, params={"automation_id": "nope"})

@@ -47,3 +47,15 @@ def test_set_list_delete(settings: Settings) -> None:
     assert byok(settings, "budgets", "delete", "acme", "--automation", "a1").stdout.decode().startswith("deleted")
     missing = byok(settings, "budgets", "delete", "acme", "--automation", "a1", check=False)
     assert missing.returncode == 1 and missing.stderr.decode().strip() == "byok budgets delete: no budget for acme/a1"
+
+
+def test_a_weight_is_listed_and_only_the_whole_workspace_has_one(settings: Settings) -> None:
+    byok(settings, "budgets", "set", "acme", "--weight", "4")
+    listed = orjson.loads(byok(settings, "budgets", "list", "acme", "--json").stdout)
+    assert [(b["limit_usd"], b["max_in_flight"], b["weight"]) for b in listed] == [(None, None, 4)]
+    assert "acme: block no limit a month, weight 4;" in byok(settings, "budgets", "list", "acme").stdout.decode()
+    for args, problem in ((["--weight", "0"], "--weight: input should be greater than or equal to 1"),
+                          (["--weight", "101"], "--weight: input should be less than or equal to 100"),
+                          (["--automation", "a1", "--weight", "2"], "a weight is the whole workspace's")):
+        done = byok(settings, "budgets", "set", "acme", *args, check=False)
+        assert done.returncode == 2 and problem in done.stderr.decode(), done.stderr

@@ -1,6 +1,7 @@
 """``GET/PUT/DELETE /v1/workspaces/{ws}/budgets``: the budgets of ``byok budgets``, through the API.
 
-PUT takes ``{automation_id?, limit_usd?, period?, action?, max_in_flight?}`` (one budget, created or replaced);
+PUT takes ``{automation_id?, limit_usd?, period?, action?, max_in_flight?, weight?}`` (one budget, created or
+replaced);
 DELETE takes ``?automation_id=`` (none: the workspace-wide budget). Every answer lists the workspace's budgets
 with what is spent and reserved this period.
 """
@@ -21,7 +22,7 @@ from worker.budgets.admin import BudgetAdmin
 from worker.budgets.rules import Budget
 
 _IDENTIFIER = re.compile(IDENTIFIER_PATTERN)
-_FIELDS = {"automation_id", "limit_usd", "period", "action", "max_in_flight"}
+_FIELDS = {"automation_id", "limit_usd", "period", "action", "max_in_flight", "weight"}
 
 
 async def budgets_of(admin: BudgetAdmin, workspace_id: str) -> list[dict[str, Any]]:

@@ -168,6 +168,11 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX provider_calls_workspace_time ON provider_calls (workspace_id, started_at_us)",
         ),
     ),
+    Migration(
+        5,
+        "budgets: a workspace's weight in the fair share of the workers' run slots",
+        ("ALTER TABLE budgets ADD COLUMN weight INTEGER",),  # NULL: weight 1
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -8,6 +8,7 @@ from schemas.models import IDENTIFIER_PATTERN, TOKEN_BUCKETS
 from worker.aggregator.alerts import Alert, AlertKind
 from worker.aggregator.consumption import DEFAULT_GROUP_BY, GROUPS
 from worker.aggregator.drivers import TOP_RUNS
+from worker.budgets.rules import MAX_WEIGHT
 
 _COUNTERS = ("requests", *TOKEN_BUCKETS, "unreported_requests", "unreported_calls")
 
@@ -99,7 +100,7 @@ def _schemas() -> dict[str, Any]:
         **_drivers_schemas(),
         "BudgetInput": {
             "type": "object", "additionalProperties": False,
-            "description": "a limit, an in-flight cap, or both",
+            "description": "a limit, an in-flight cap, a fair-share weight (workspace-wide only), or several",
             "properties": {
                 "automation_id": {"type": ["string", "null"], "pattern": IDENTIFIER_PATTERN,
                                   "description": "only this automation; absent or null: the whole workspace"},
@@ -108,6 +109,8 @@ def _schemas() -> dict[str, Any]:
                 "action": {"enum": ["block", "alert"], "default": "block"},
                 "max_in_flight": {"type": ["integer", "null"], "minimum": 1,
                                   "description": "provider calls at once across all workers"},
+                "weight": {"type": ["integer", "null"], "minimum": 1, "maximum": MAX_WEIGHT,
+                           "description": "turns in each round of the workers' fair share; absent or null: 1"},
             },
         },
         "BudgetStatus": {
@@ -119,6 +122,7 @@ def _schemas() -> dict[str, Any]:
                 "period": {"enum": ["month", "day"]},
                 "action": {"enum": ["block", "alert"]},
                 "max_in_flight": {"type": ["integer", "null"]},
+                "weight": {"type": ["integer", "null"]},
                 "period_start": {"type": "string", "format": "date-time"},
                 "resets_at": {"type": "string", "format": "date-time"},
                 "spent_usd": {"type": "number", "description": "estimated cost of the period's calls"},
@@ -126,7 +130,7 @@ def _schemas() -> dict[str, Any]:
                 "in_flight": {"type": "integer", "minimum": 0},
             },
             "required": ["workspace_id", "automation_id", "limit_usd", "period", "action", "max_in_flight",
-                         "period_start", "resets_at", "spent_usd", "reserved_usd", "in_flight"],
+                         "weight", "period_start", "resets_at", "spent_usd", "reserved_usd", "in_flight"],
         },
         "Budgets": {
             "type": "object",

@@ -18,16 +18,17 @@ from worker.budgets.rules import Budget
 
 
 def put_budget(sql: Sql, budget: Budget) -> None:
-    values = (budget.limit_usd, budget.period.value, budget.action.value, budget.max_in_flight,
+    values = (budget.limit_usd, budget.period.value, budget.action.value, budget.max_in_flight, budget.weight,
               time.time_ns() // 1000)
     changed = sql.execute(
-        "UPDATE budgets SET limit_usd = ?, period = ?, action = ?, max_in_flight = ?, updated_at_us = ? "
+        "UPDATE budgets SET limit_usd = ?, period = ?, action = ?, max_in_flight = ?, weight = ?, updated_at_us = ? "
         "WHERE workspace_id = ? AND automation_id = ?", (*values, budget.workspace_id, budget.automation_id or ""),
     )
     if not changed:
         sql.execute(
-            "INSERT INTO budgets (limit_usd, period, action, max_in_flight, updated_at_us, workspace_id, "
-            "automation_id) VALUES (?, ?, ?, ?, ?, ?, ?)", (*values, budget.workspace_id, budget.automation_id or ""),
+            "INSERT INTO budgets (limit_usd, period, action, max_in_flight, weight, updated_at_us, workspace_id, "
+            "automation_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (*values, budget.workspace_id, budget.automation_id or ""),
         )
 
 

@@ -73,6 +73,7 @@ class BudgetGuard:
         self._fail_mode = fail_mode
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._view: Mapping[str, tuple[Budget, ...]] | None = None
+        self._weights: dict[str, int] = {}
         self._migrated = False
         self._pruned_at = 0.0
         self._live: dict[str, float] = {}
@@ -114,6 +115,7 @@ class BudgetGuard:
         for budget in budgets:
             view[budget.workspace_id] = (*view.get(budget.workspace_id, ()), budget)
         self._view = view
+        self._weights = {b.workspace_id: b.weight for b in budgets if b.weight is not None}
         if view and time.monotonic() - self._pruned_at >= PRUNE_EVERY_S:
             self._pruned_at = time.monotonic()
             before = datetime.now(UTC) - timedelta(seconds=KEEP_S)
@@ -130,6 +132,10 @@ class BudgetGuard:
             await self._db.run(partial(ledger.renew, call_ids=list(self._live), until=until), write=True)
         except StoreError as exc:
             log.warning("budgets.renew_failed", error=str(exc), calls=len(self._live))
+
+    def weight(self, workspace_id: str) -> int:
+        """The workspace's turns in each round of fair share (its budget's weight; 1 without one)."""
+        return self._weights.get(workspace_id, 1)
 
     def _enforced(self, workspace_id: str, automation_id: str | None) -> bool | None:
         """Whether a block budget or a cap applies; None when the view was never read."""

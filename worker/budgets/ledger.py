@@ -29,7 +29,7 @@ from worker.budgets.rules import Action, Budget, Period
 LIVE = "live"
 SETTLED = "settled"
 
-_BUDGET_COLUMNS = "workspace_id, automation_id, limit_usd, period, action, max_in_flight"
+_BUDGET_COLUMNS = "workspace_id, automation_id, limit_usd, period, action, max_in_flight, weight"
 
 
 def us(moment: datetime) -> int:
@@ -37,12 +37,13 @@ def us(moment: datetime) -> int:
 
 
 def budget_of(row: Sequence[object]) -> Budget:
-    workspace_id, automation_id, limit_usd, period, action, max_in_flight = row
+    workspace_id, automation_id, limit_usd, period, action, max_in_flight, weight = row
     return Budget(
         workspace_id=str(workspace_id), automation_id=str(automation_id) or None,
         limit_usd=float(limit_usd) if limit_usd is not None else None,  # type: ignore[arg-type]
         period=Period(str(period)), action=Action(str(action)),
         max_in_flight=int(max_in_flight) if max_in_flight is not None else None,  # type: ignore[call-overload]
+        weight=int(weight) if weight is not None else None,  # type: ignore[call-overload]
     )
 
 

@@ -1,5 +1,6 @@
 """What a budget is: a workspace (or one automation of it), a limit per UTC month or day, block or alert,
-and an optional cap on the workspace's provider calls in flight."""
+an optional cap on the workspace's provider calls in flight, and (workspace-wide only) its weight in the fair
+share of the workers' run slots."""
 
 from __future__ import annotations
 
@@ -13,6 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from schemas.models import IDENTIFIER_PATTERN
 
 _IDENTIFIER = re.compile(IDENTIFIER_PATTERN)
+
+
+MAX_WEIGHT = 100
+"""A weight above this would let one workspace hold a worker's slots for that many turns in a row."""
 
 
 class Period(StrEnum):
@@ -35,11 +40,16 @@ class Budget(BaseModel):
     period: Period = Period.MONTH
     action: Action = Action.BLOCK
     max_in_flight: Annotated[int, Field(ge=1)] | None = None
+    weight: Annotated[int, Field(ge=1, le=MAX_WEIGHT)] | None = None
+    """Turns in each round of fair share (README, "Fair share between workspaces"); None: 1."""
 
     @model_validator(mode="after")
     def _something_to_enforce(self) -> Budget:
-        if self.limit_usd is None and self.max_in_flight is None:
-            raise ValueError("a budget needs a limit (limit_usd) or an in-flight cap (max_in_flight), or both")
+        if self.limit_usd is None and self.max_in_flight is None and self.weight is None:
+            raise ValueError("a budget needs a limit (limit_usd), an in-flight cap (max_in_flight) or a weight, "
+                             "or several")
+        if self.weight is not None and self.automation_id is not None:
+            raise ValueError("a weight is the whole workspace's: set it without an automation")
         return self
 
     @property
@@ -65,7 +75,8 @@ class Budget(BaseModel):
         return {
             "workspace_id": self.workspace_id, "automation_id": self.automation_id, "limit_usd": self.limit_usd,
             "period": self.period.value, "action": self.action.value, "max_in_flight": self.max_in_flight,
-            "period_start": self.period_start(moment).isoformat(), "resets_at": self.resets_at(moment).isoformat(),
+            "weight": self.weight, "period_start": self.period_start(moment).isoformat(),
+            "resets_at": self.resets_at(moment).isoformat(),
         }
 
 

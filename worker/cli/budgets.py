@@ -18,7 +18,7 @@ from worker.aggregator.db import StoreError
 from worker.aggregator.pricing import PriceTableError, load_prices
 from worker.budgets.admin import BudgetAdmin
 from worker.budgets.ledger import BudgetStatus
-from worker.budgets.rules import Action, Budget, Period, valid_identifier
+from worker.budgets.rules import MAX_WEIGHT, Action, Budget, Period, valid_identifier
 from worker.cli.common import configured_settings
 from worker.settings import ConsumptionSettings, describe_errors
 
@@ -50,7 +50,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     put = verbs.add_parser(
         "set", help="create or replace a budget", epilog=_EPILOG,
         description="Creates or replaces the budget of a workspace (or of one automation of it): a limit in USD per "
-                    "UTC month or day, block or alert, and/or a cap on provider calls in flight across all workers.",
+                    "UTC month or day, block or alert, and/or a cap on provider calls in flight across all workers, "
+                    "and/or the workspace's weight in the workers' fair share.",
     )
     put.add_argument("workspace")
     put.add_argument("--automation", help="only this automation of the workspace")
@@ -61,6 +62,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                      help="block: refuse calls that do not fit (default); alert: only alert")
     put.add_argument("--max-in-flight", dest="max_in_flight", type=int,
                      help="at most this many provider calls at once, across all workers (>= 1)")
+    put.add_argument("--weight", type=int,
+                     help=f"turns in each round of the workers' fair share (1 to {MAX_WEIGHT}; default 1); "
+                          "the whole workspace's, so not with --automation")
     put.add_argument("--json", action="store_true")
     put.set_defaults(func=set_command)
     drop = verbs.add_parser(
@@ -83,7 +87,8 @@ def _budget(args: argparse.Namespace) -> Budget:
     _identifier(args.automation, "--automation")
     try:
         return Budget(workspace_id=args.workspace, automation_id=args.automation, limit_usd=args.limit_usd,
-                      period=Period(args.period), action=Action(args.action), max_in_flight=args.max_in_flight)
+                      period=Period(args.period), action=Action(args.action), max_in_flight=args.max_in_flight,
+                      weight=args.weight)
     except ValidationError as exc:
         problems = describe_errors(exc).replace("BYOK_", "--").replace("_", "-").lower()
         raise InputError(problems) from None
@@ -103,7 +108,8 @@ def _line(status: BudgetStatus) -> str:
     budget = status.budget
     limit = f"${budget.limit_usd:.6f}" if budget.limit_usd is not None else "no limit"
     cap = f", max in flight {budget.max_in_flight}" if budget.max_in_flight is not None else ""
-    return (f"{budget.scope}: {budget.action.value} {limit} a {budget.period.value}{cap}; spent "
+    weight = f", weight {budget.weight}" if budget.weight is not None else ""
+    return (f"{budget.scope}: {budget.action.value} {limit} a {budget.period.value}{cap}{weight}; spent "
             f"${status.spent_usd:.6f}, reserved ${status.reserved_usd:.6f}, in flight {status.in_flight}, "
             f"resets {status.resets_at.isoformat()}")
 

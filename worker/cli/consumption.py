@@ -172,6 +172,7 @@ def render_table(result: dict[str, Any]) -> str:
         scope = budget["workspace_id"] + (f"/{budget['automation_id']}" if budget["automation_id"] else "")
         limit = f"${budget['limit_usd']:,.6f}" if budget["limit_usd"] is not None else "no limit"
         cap = f", max in flight {budget['max_in_flight']}" if budget["max_in_flight"] is not None else ""
+        cap += f", weight {budget['weight']}" if budget.get("weight") is not None else ""
         out.append(f"Budget {scope} ({budget['action']}, {budget['period']}): {limit}{cap}; spent "
                    f"${budget['spent_usd']:,.6f}, reserved ${budget['reserved_usd']:,.6f}, "
                    f"resets {budget['resets_at']}.")

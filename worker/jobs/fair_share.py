@@ -42,6 +42,8 @@ UNKNOWN_WORKSPACE = ""
 StartJob = Callable[[AbstractIncomingMessage], "asyncio.Task[None]"]
 MoveJob = Callable[[AbstractIncomingMessage], Awaitable[None]]
 MayMove = Callable[[AbstractIncomingMessage], bool]
+Weight = Callable[[str], int]
+"""A workspace's turns in each round (``BudgetGuard.weight``)."""
 TraceContext = Callable[[Mapping[str, Any]], AbstractContextManager[None]]
 """Makes a job's trace current from its headers while its key is unsealed (``Tracing.continued``)."""
 
@@ -59,13 +61,20 @@ def workspace_of(raw: Any) -> str:
     return workspace if isinstance(workspace, str) else UNKNOWN_WORKSPACE
 
 
-class _Lane:
-    """Jobs waiting for a run slot, taken round-robin by workspace."""
+def _equal(_workspace: str) -> int:
+    return 1
 
-    def __init__(self) -> None:
+
+class _Lane:
+    """Jobs waiting for a run slot, taken round-robin by workspace: ``weight(workspace)`` jobs a turn."""
+
+    def __init__(self, weight: Weight) -> None:
+        self._weight = weight
         self._waiting: dict[str, deque[AbstractIncomingMessage]] = {}
         self._turns: deque[str] = deque()
         """Workspaces with jobs waiting, in the order they get their next slot."""
+        self._taken: dict[str, int] = {}
+        """Jobs the workspace at the front has taken in its current turn, when it may take more."""
 
     def __bool__(self) -> bool:
         return bool(self._turns)
@@ -78,18 +87,23 @@ class _Lane:
         waiting.append(message)
 
     def take(self) -> tuple[AbstractIncomingMessage, str]:
-        workspace = self._turns.popleft()
+        workspace = self._turns[0]
         waiting = self._waiting[workspace]
         message = waiting.popleft()
-        if waiting:
-            self._turns.append(workspace)
-        else:
+        taken = self._taken.pop(workspace, 0) + 1
+        if not waiting:
+            self._turns.popleft()
             del self._waiting[workspace]
+        elif taken < self._weight(workspace):
+            self._taken[workspace] = taken  # its turn goes on
+        else:
+            self._turns.rotate(-1)
         return message, workspace
 
     def clear(self) -> None:
         self._waiting.clear()
         self._turns.clear()
+        self._taken.clear()
 
 
 class FairShare:
@@ -98,12 +112,13 @@ class FairShare:
     delivery may be moved at all (not a redelivery, not a job back from a delay queue). ``cold_slots``: cold jobs
     (their key had to be unsealed) that take a free slot ahead of warm ones; more run only in slots no warm job
     waits for (None: no cold lane, they wait in turn with the others); ``cold_hold``: cold jobs waiting here
-    before the next cold one from ``byok.jobs`` is moved (None: never)."""
+    before the next cold one from ``byok.jobs`` is moved (None: never). ``weight``: a workspace's jobs per turn
+    (default 1)."""
 
     def __init__(self, start: StartJob, *, slots: int, hold: int | None, move: MoveJob, may_move: MayMove,
                  warmup: KeyWarmup | None = None, allowed_hosts: frozenset[str] | None = None,
                  trace_context: TraceContext | None = None, cold_slots: int | None = None,
-                 cold_hold: int | None = None) -> None:
+                 cold_hold: int | None = None, weight: Weight = _equal) -> None:
         self._start = start
         self._slots = slots
         self._hold = hold
@@ -114,8 +129,8 @@ class FairShare:
         self._trace_context = trace_context
         self._cold_slots = cold_slots
         self._cold_hold = cold_hold
-        self._warm = _Lane()
-        self._cold = _Lane()
+        self._warm = _Lane(weight)
+        self._cold = _Lane(weight)
         self._held: defaultdict[str, int] = defaultdict(int)
         """Jobs per workspace waiting here or for their key (not running)."""
         self.cold_waiting = 0

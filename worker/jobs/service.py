@@ -200,7 +200,8 @@ class Worker:
                          move=consumer.move_to_overflow, may_move=consumer.may_move, warmup=self._warmup,
                          allowed_hosts=settings.allowed_hosts,
                          trace_context=None if self.tracing is None else self.tracing.continued,
-                         cold_slots=cold, cold_hold=settings.sort_window if cold is not None else None)
+                         cold_slots=cold, cold_hold=settings.sort_window if cold is not None else None,
+                         weight=self.budgets.weight if self.budgets is not None else lambda _workspace: 1)
         self.metrics.waiting.set_function(lambda: fair.waiting)
         self.metrics.waiting_workspaces.set_function(lambda: fair.waiting_workspaces)
         self.metrics.cold_running.set_function(lambda: fair.cold_running)

@@ -88,6 +88,25 @@ async def test_the_next_slot_goes_to_the_workspaces_in_turn_not_in_queue_order()
     assert fair.waiting == 1 and fair.waiting_workspaces == 1
 
 
+async def test_a_workspace_of_weight_w_takes_w_slots_a_turn() -> None:
+    slots = Slots()
+    weights = {"heavy": 3}
+    fair = FairShare(slots.start, slots=1, hold=None, move=Mover(), may_move=lambda m: True,
+                     weight=lambda workspace: weights.get(workspace, 1))
+    for i in range(1, 11):
+        fair.offer(job(f"h{i}", "heavy"), movable=False)
+        if i < 8:
+            fair.offer(job(f"l{i}", "light"), movable=False)
+    for _ in range(9):
+        await slots.finish(slots.started[-1])
+    # h1 ran alone (nothing else waited), so its turn ended with it.
+    assert slots.started == ["h1", "l1", "h2", "h3", "h4", "l2", "h5", "h6", "h7", "l3"]
+    weights["heavy"] = 1  # a changed weight (the budgets' refresh) applies from the next turn
+    for _ in range(6):
+        await slots.finish(slots.started[-1])
+    assert slots.started[-6:] == ["h8", "l4", "h9", "l5", "h10", "l6"]
+
+
 async def test_a_workspace_past_its_hold_has_its_jobs_from_the_jobs_queue_moved() -> None:
     slots, mover = Slots(), Mover()
     fair = share(slots, slots_n=1, hold=2, mover=mover)
