@@ -7,12 +7,12 @@ next job from ``byok.jobs`` moved to ``byok.jobs.overflow`` (published, confirme
 ``byok.jobs`` short while one workspace floods it, so the jobs of every other workspace behind the flood reach
 a worker within moments instead of after the whole backlog. Jobs from the overflow queue are never moved again.
 
-A job whose key is not in the unseal cache waits for Vault in ``KeyWarmup``, holding no run slot, and once its
-key is in it waits in the cold lane, round-robin by workspace like the warm one: up to ``cold_slots`` cold jobs
-take a free slot before warm ones, and beyond that only a slot no warm job is waiting for. A thousand new
-workspaces get a steady share, and a warm workspace's next job the next slot freed, not a turn among them.
-With ``cold_hold`` cold jobs waiting here, the next cold one from ``byok.jobs`` is moved to the overflow queue,
-which keeps ``byok.jobs`` flowing when many new workspaces arrive at once.
+A job whose key is not in the unseal cache waits for Vault in ``KeyWarmup``, holding no run slot. Once the key
+is in, the workspace's first such job waits in the cold lane (its others are warm): up to ``cold_slots`` cold
+jobs take a free slot before warm ones, and no more run. A thousand new workspaces get a steady share, and a
+warm workspace's next job the next slot freed, not a turn among them. With ``cold_hold`` cold jobs waiting
+here, the next cold one from ``byok.jobs`` is moved to the overflow queue, which keeps ``byok.jobs`` flowing
+when many new workspaces arrive at once.
 
 Nothing here acks a job it did not move: a job still waiting when the connection is lost or the worker stops
 is left unacked, and the broker delivers it again.
@@ -24,6 +24,7 @@ import asyncio
 from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from contextlib import AbstractContextManager, nullcontext
+from functools import partial
 from typing import Any
 
 import orjson
@@ -79,6 +80,9 @@ class _Lane:
     def __bool__(self) -> bool:
         return bool(self._turns)
 
+    def __contains__(self, workspace: str) -> bool:
+        return workspace in self._waiting
+
     def add(self, message: AbstractIncomingMessage, workspace: str) -> None:
         waiting = self._waiting.get(workspace)
         if waiting is None:
@@ -110,10 +114,9 @@ class FairShare:
     """``slots`` jobs running at most; ``hold`` jobs of one workspace waiting here before the next is moved
     (None: never moved). ``move`` publishes a job to the overflow queue and acks it; ``may_move`` says whether a
     delivery may be moved at all (not a redelivery, not a job back from a delay queue). ``cold_slots``: cold jobs
-    (their key had to be unsealed) that take a free slot ahead of warm ones; more run only in slots no warm job
-    waits for (None: no cold lane, they wait in turn with the others); ``cold_hold``: cold jobs waiting here
-    before the next cold one from ``byok.jobs`` is moved (None: never). ``weight``: a workspace's jobs per turn
-    (default 1)."""
+    (the first of a workspace whose key had to be unsealed) running at most, ahead of warm ones for a free slot
+    (None: no cold lane, they wait in turn with the others); ``cold_hold``: cold jobs waiting here before the
+    next cold one from ``byok.jobs`` is moved (None: never). ``weight``: a workspace's jobs per turn (default 1)."""
 
     def __init__(self, start: StartJob, *, slots: int, hold: int | None, move: MoveJob, may_move: MayMove,
                  warmup: KeyWarmup | None = None, allowed_hosts: frozenset[str] | None = None,
@@ -137,6 +140,7 @@ class FairShare:
         """Cold jobs waiting here or for their key (not running)."""
         self.running = 0
         self.cold_running = 0
+        self._cold_running_by_workspace: defaultdict[str, int] = defaultdict(int)
         self.moved = 0
         self._warming_tasks: set[asyncio.Task[None]] = set()
         self._moving_tasks: set[asyncio.Task[None]] = set()
@@ -185,12 +189,11 @@ class FairShare:
         self._dispatch()
 
     def _dispatch(self) -> None:
-        # A free slot goes to a cold job while fewer than ``cold_slots`` run, then to a warm one, then to a cold
-        # one again: the cold lane is owed its slots and borrows any slot no warm job wants. A warm job arriving
-        # with every slot borrowed takes the next one freed.
+        # Cold jobs take a free slot first while fewer than ``cold_slots`` run, and never more: with more, a
+        # worker busy with a burst of new workspaces runs every warm job slower (its CPU is shared by more jobs
+        # at once) and drains the jobs queue, where warm jobs may wait behind the burst, more slowly.
         while self.running < self._slots and not self._stopped:
-            owed = self._cold_slots is not None and self.cold_running < self._cold_slots
-            cold = bool(self._cold) and (owed or not self._warm)
+            cold = (bool(self._cold) and self._cold_slots is not None and self.cold_running < self._cold_slots)
             if not cold and not self._warm:
                 return
             message, workspace = (self._cold if cold else self._warm).take()
@@ -199,15 +202,23 @@ class FairShare:
             if cold:
                 self.cold_waiting -= 1
                 self.cold_running += 1
-            self._start(message).add_done_callback(self._cold_finished if cold else self._finished)
+                self._cold_running_by_workspace[workspace] += 1
+                self._start(message).add_done_callback(partial(self._cold_finished, workspace))
+            else:
+                self._start(message).add_done_callback(self._finished)
 
     def _finished(self, _task: asyncio.Task[None]) -> None:
         self.running -= 1
         self._dispatch()
 
-    def _cold_finished(self, _task: asyncio.Task[None]) -> None:
+    def _cold_finished(self, workspace: str, task: asyncio.Task[None]) -> None:
         self.cold_running -= 1
-        self._finished(_task)
+        left = self._cold_running_by_workspace[workspace] - 1
+        if left > 0:
+            self._cold_running_by_workspace[workspace] = left
+        else:
+            del self._cold_running_by_workspace[workspace]
+        self._finished(task)
 
     def _release(self, workspace: str) -> None:
         left = self._held[workspace] - 1
@@ -221,7 +232,14 @@ class FairShare:
         # Cancelled only by ``forget`` and ``stop``, which drop every count themselves.
         with nullcontext() if self._trace_context is None else self._trace_context(message.headers or {}):
             await warmup.warm(ref)
-        (self._warm if self._cold_slots is None else self._cold).add(message, workspace)
+        # One job per workspace in the cold lane: once the key is in, the workspace's other jobs are warm.
+        if self._cold_slots is None:
+            self._warm.add(message, workspace)
+        elif workspace in self._cold or workspace in self._cold_running_by_workspace:
+            self.cold_waiting -= 1
+            self._warm.add(message, workspace)
+        else:
+            self._cold.add(message, workspace)
         self._dispatch()
 
     async def _moving(self, message: AbstractIncomingMessage, workspace: str, ref: SealedKeyRef | None) -> None:

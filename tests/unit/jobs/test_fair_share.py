@@ -194,25 +194,35 @@ def warmup_with(vault: Vault) -> KeyWarmup:
     return KeyWarmup(UnsealCache(ttl_s=60, max_entries=1000), vault, concurrency=100)
 
 
-async def test_beyond_its_cold_slots_the_cold_lane_only_borrows_slots_no_warm_job_waits_for() -> None:
+async def test_cold_jobs_run_in_their_own_lane_at_most_cold_slots_at_a_time() -> None:
     slots, vault = Slots(), Vault()
     fair = share(slots, slots_n=4, warmup=warmup_with(vault), cold_slots=2)
-    for i in range(1, 8):
+    for i in range(1, 7):
         fair.offer(job(f"new{i}", f"new-ws-{i}", sealed=SEALED), movable=False)
     vault.release.set()
     await wait_until(lambda: not fair._warming_tasks)
-    assert slots.started == ["new1", "new2", "new3", "new4"], "nothing warm waits: the cold lane borrows every slot"
+    assert slots.started == ["new1", "new2"], "six new workspaces, two cold slots: two free slots stay for warm jobs"
+    assert fair.cold_running == 2 and fair.cold_waiting == 4
     for i in range(1, 4):
         fair.offer(job(f"warm{i}", "known"), movable=False)  # keyless: nothing to unseal
-    await slots.finish("new1")
-    assert slots.started[-1] == "warm1", "with two cold jobs or more running, a freed slot goes to a warm job"
-    await slots.finish("new2")
-    assert slots.started[-1] == "warm2"
-    await slots.finish("new3")
-    assert slots.started[-1] == "new5", "down to one cold job running: the cold lane is owed the slot"
+    assert slots.started == ["new1", "new2", "warm1", "warm2"]
     await slots.finish("warm1")
-    assert slots.started[-1] == "warm3"
-    assert fair.cold_running == 2 and fair.cold_waiting == 2
+    assert slots.started[-1] == "warm3", "a slot freed with the cold lane full goes to a warm job"
+    await slots.finish("new1")
+    assert slots.started[-1] == "new3"
+    assert fair.cold_running == 2 and fair.cold_waiting == 3
+
+
+async def test_only_a_new_workspaces_first_job_is_cold_its_others_are_warm_once_the_key_is_in() -> None:
+    slots, vault = Slots(), Vault()
+    fair = share(slots, slots_n=4, warmup=warmup_with(vault), cold_slots=1)
+    for i in range(1, 6):
+        fair.offer(job(f"batch{i}", "new-ws", sealed=SEALED), movable=False)
+    vault.release.set()
+    await wait_until(lambda: not fair._warming_tasks)
+    assert vault.calls == ["new-ws"]
+    assert slots.started == ["batch1", "batch2", "batch3", "batch4"], "one cold slot, yet every slot runs the batch"
+    assert fair.cold_running == 1 and fair.cold_waiting == 0 and fair.waiting == 1
 
 
 async def test_a_free_slot_goes_to_a_cold_job_first_while_the_lane_is_under_its_slots() -> None:
