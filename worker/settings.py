@@ -174,9 +174,9 @@ class WorkerSettings(TopologySettings, VaultSettings, ConsumptionSettings):
     )
     cold_key_slots: int = Field(
         default=16, ge=0, le=65535,
-        description="jobs whose key had to be unsealed (a workspace new to this worker) that take a free run "
-                    "slot ahead of warm jobs (at most half of BYOK_PREFETCH); more run only in slots no warm job "
-                    "waits for; 0, or BYOK_SORT_WINDOW 0: no cold lane",
+        description="run slots at most for the first job of each workspace whose key had to be unsealed (new "
+                    "to this worker); they take a free slot ahead of warm jobs; at most half of BYOK_PREFETCH; "
+                    "0, or BYOK_SORT_WINDOW 0: no cold lane",
     )
     unseal_concurrency: int = Field(
         default=16, ge=1, le=1000, description="Vault calls at a time to unseal the keys of jobs not yet running",
