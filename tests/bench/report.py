@@ -344,8 +344,8 @@ def markdown(results: dict[str, Any], found: list[Row], profiling: Path) -> str:
         "keys and one sealed key each (what `byok keys create/seal` do); a worker warm for one workspace that "
         f"gets {z['p5_warm_rate']:.0f} jobs/s; from t=2 s one job for each of the 1,000 new workspaces, spread "
         f"over {z['p5_paced_s']:.0f} s (paced: does unsealing hold anything else up?) and, on a fresh worker, all "
-        "at once (burst: how fast 1,000 unseals drain, and what the warm workspace waits meanwhile: its turn "
-        "among 1,000 other workspaces, each owed one). Warm-job latency is compared before the cold jobs and "
+        "at once (burst: how fast 1,000 unseals drain, and what the warm workspace waits meanwhile: the cold "
+        "jobs published ahead of it, and the cold lane's slots). Warm-job latency is compared before the cold jobs and "
         "until the last of them is done.",
         f"- **P6** `worker.aggregator.bench.bench_ingest(store_url, {z['p6_events']})` on a SQLite file and on the "
         "local PostgreSQL (throwaway schema).",
