@@ -4,7 +4,9 @@ Before the request goes out, a ``byok.provider_call.v1`` record (``state: starte
 published to the usage exchange with routing key ``<workspace>.<provider>.call`` and confirmed by the
 broker; only then is the provider called. The usage event that follows (same id: ``call_id`` is its
 ``event_id``) completes it. A call that ends with an answer the provider does not bill (an error status)
-or that was never sent is closed by a ``state: not_billed`` record. Anything else (the worker killed
+or that was never sent is closed by a ``state: not_billed`` record, and so is a call cut while its started
+record waited for the broker's confirm (the call was never made, but the record may reach the aggregator:
+received before the confirm was lost, or kept for the next connection). Anything else (the worker killed
 mid-call, the usage event lost with the connection) leaves the call open, and the aggregator reports it in
 ``unreported_calls`` once ``BYOK_UNREPORTED_GRACE_S`` has passed.
 
@@ -14,6 +16,7 @@ the next one, and the call waits for that confirm rather than going out unrecord
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -23,7 +26,7 @@ import structlog
 
 from schemas.models import CallState, ErrorCode, ProviderCallRecord
 from worker.broker.names import call_routing_key
-from worker.broker.outbox import Outbox
+from worker.broker.outbox import LostConnection, Outbox
 from worker.failures import JobFailure
 from worker.jobs.call_hooks import ProviderCall
 
@@ -61,8 +64,12 @@ class CallRecorder:
             started_at=datetime.now(UTC),
         )
         routing_key = call_routing_key(job.workspace_id, job.model.provider.value)
-        await self._outbox.publish(self._exchange, routing_key, _dump(record), message_id=call.call_id,
-                                   until_confirmed=True)
+        try:
+            await self._outbox.publish(self._exchange, routing_key, _dump(record), message_id=call.call_id,
+                                       until_confirmed=True)
+        except (asyncio.CancelledError, LostConnection):  # cut while waiting (a deadline, the shutdown grace)
+            await self._close(record, routing_key)
+            raise
         try:
             yield
         except BaseException as error:
