@@ -147,7 +147,7 @@ class SeededBudgets:
 
 
 BUDGETS: tuple[dict[str, Any], ...] = (
-    {"limit_usd": 25.0, "period": "month", "action": "block"},
+    {"limit_usd": 25.0, "period": "month", "action": "block", "weight": 2},
     {"automation_id": AGENT, "limit_usd": 0.25, "period": "day", "action": "block", "max_in_flight": 4},
     {"automation_id": "support-triage", "max_in_flight": 2},
 )

@@ -111,6 +111,7 @@ def expected_budgets(stack: BudgetStack) -> list[dict[str, Any]]:
         found.append({
             "automation_id": automation, "period": period, "action": body.get("action", "block"),
             "limit_usd": body.get("limit_usd"), "max_in_flight": body.get("max_in_flight"),
+            "weight": body.get("weight"),
             "period_start": start.isoformat(), "resets_at": end.isoformat(),
             "spent_usd": sum(cost_of(e, stack.prices) for e in events),
             "reserved_usd": sum(stack.budgets.reserved_usd[c.call_id] for c in held),
@@ -160,7 +161,8 @@ async def test_budgets_show_spent_reserved_limit_resets_and_caps_as_the_api_coun
     expected = expected_budgets(stack)
     assert [b["automation_id"] for b in answer] == [b["automation_id"] for b in expected]
     for got, want in zip(answer, expected, strict=True):
-        for key in ("period", "action", "limit_usd", "max_in_flight", "period_start", "resets_at", "in_flight"):
+        for key in ("period", "action", "limit_usd", "max_in_flight", "weight", "period_start", "resets_at",
+                    "in_flight"):
             assert got[key] == want[key], (want["automation_id"], key)
         assert got["spent_usd"] == pytest.approx(want["spent_usd"], abs=1e-9), want["automation_id"]
         assert got["reserved_usd"] == pytest.approx(want["reserved_usd"], abs=1e-9), want["automation_id"]
@@ -169,6 +171,7 @@ async def test_budgets_show_spent_reserved_limit_resets_and_caps_as_the_api_coun
     assert (by_scope[AGENT]["in_flight"], by_scope[AGENT]["max_in_flight"]) == (1, 4)
     assert by_scope["support-triage"]["limit_usd"] is None
     assert by_scope[None]["in_flight"] == 2 and by_scope[None]["max_in_flight"] is None
+    assert by_scope[None]["weight"] == 2 and by_scope[AGENT]["weight"] is None
 
     # The page shows the API's figures: one item per budget, a bar for each limit, the table behind the bars.
     items = page.locator("#budgets li")
@@ -215,7 +218,7 @@ async def test_budgets_show_spent_reserved_limit_resets_and_caps_as_the_api_coun
         assert row == [scope, budget["period"], budget["action"], usd(spent), usd(reserved),
                        usd(limit) if limit is not None else "no limit", used,
                        f"{budget['in_flight']} of {budget['max_in_flight']}" if budget["max_in_flight"] else "no cap",
-                       resets]
+                       str(budget["weight"] or 1), resets]
         of = f"of {usd(limit)} ({used})" if limit is not None else "(no limit)"
         report.append(f"{scope}: {usd(spent)} spent + {usd(reserved)} reserved {of}, {flight or 'no cap'}, "
                       f"resets {resets}")

@@ -595,11 +595,13 @@
       const f = budgetFigures(b);
       return [f.scope, b.period || "month", b.action || "block", usd(f.spent), usd(f.reserved),
         f.limited ? usd(b.limit_usd) : "no limit", f.limited ? `${(f.used * 100).toFixed(0)}%` : "–",
-        f.flight ? `${count(b.in_flight || 0)} of ${count(b.max_in_flight)}` : "no cap", f.resets || "–"];
+        f.flight ? `${count(b.in_flight || 0)} of ${count(b.max_in_flight)}` : "no cap", count(b.weight || 1),
+        f.resets || "–"];
     });
     $("budgets-table-wrap").replaceChildren(table("Budgets: estimated spent, reserved and limit this period", [
       ["Budget", false], ["Period", false], ["Action", false], ["Est. spent", true], ["Est. reserved", true],
-      ["Limit", true], ["Used", true], ["Calls in flight (cap)", true], ["Resets (UTC)", false]], rows));
+      ["Limit", true], ["Used", true], ["Calls in flight (cap)", true], ["Fair-share weight", true],
+      ["Resets (UTC)", false]], rows));
   }
 
   // ------------------------------------------------------------------ events
