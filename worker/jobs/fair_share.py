@@ -139,8 +139,8 @@ class FairShare:
         self.cold_waiting = 0
         """Cold jobs waiting here or for their key (not running)."""
         self.running = 0
-        self.cold_running = 0
-        self._cold_running_by_workspace: defaultdict[str, int] = defaultdict(int)
+        self._cold_running: set[str] = set()
+        """Workspaces with their cold job running (one each at most: the cold lane holds one per workspace)."""
         self.moved = 0
         self._warming_tasks: set[asyncio.Task[None]] = set()
         self._moving_tasks: set[asyncio.Task[None]] = set()
@@ -163,6 +163,10 @@ class FairShare:
     @property
     def waiting_workspaces(self) -> int:
         return len(self._held)
+
+    @property
+    def cold_running(self) -> int:
+        return len(self._cold_running)
 
     def offer(self, message: AbstractIncomingMessage, *, movable: bool) -> None:
         if self._stopped:
@@ -201,8 +205,7 @@ class FairShare:
             self.running += 1
             if cold:
                 self.cold_waiting -= 1
-                self.cold_running += 1
-                self._cold_running_by_workspace[workspace] += 1
+                self._cold_running.add(workspace)
                 self._start(message).add_done_callback(partial(self._cold_finished, workspace))
             else:
                 self._start(message).add_done_callback(self._finished)
@@ -212,12 +215,7 @@ class FairShare:
         self._dispatch()
 
     def _cold_finished(self, workspace: str, task: asyncio.Task[None]) -> None:
-        self.cold_running -= 1
-        left = self._cold_running_by_workspace[workspace] - 1
-        if left > 0:
-            self._cold_running_by_workspace[workspace] = left
-        else:
-            del self._cold_running_by_workspace[workspace]
+        self._cold_running.discard(workspace)
         self._finished(task)
 
     def _release(self, workspace: str) -> None:
@@ -235,7 +233,7 @@ class FairShare:
         # One job per workspace in the cold lane: once the key is in, the workspace's other jobs are warm.
         if self._cold_slots is None:
             self._warm.add(message, workspace)
-        elif workspace in self._cold or workspace in self._cold_running_by_workspace:
+        elif workspace in self._cold or workspace in self._cold_running:
             self.cold_waiting -= 1
             self._warm.add(message, workspace)
         else:

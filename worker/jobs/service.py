@@ -194,6 +194,7 @@ class Worker:
 
     def _fair_share(self, consumer: JobConsumer) -> FairShare:
         settings = self.settings
+        assert self.budgets is not None  # started before the first connection
         cold = cold_slots(settings)
         fair = FairShare(consumer.on_message, slots=settings.prefetch,
                          hold=settings.prefetch if settings.sort_window else None,
@@ -201,7 +202,7 @@ class Worker:
                          allowed_hosts=settings.allowed_hosts,
                          trace_context=None if self.tracing is None else self.tracing.continued,
                          cold_slots=cold, cold_hold=settings.sort_window if cold is not None else None,
-                         weight=self.budgets.weight if self.budgets is not None else lambda _workspace: 1)
+                         weight=self.budgets.weight)
         self.metrics.waiting.set_function(lambda: fair.waiting)
         self.metrics.waiting_workspaces.set_function(lambda: fair.waiting_workspaces)
         self.metrics.cold_running.set_function(lambda: fair.cold_running)
